@@ -1,0 +1,573 @@
+//! The task spec: what a user asks cube to run, and its validation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::duration::DurationSpec;
+use crate::resources::{ByteSize, Resources};
+
+/// What a user submits: the container to run and the resources it needs.
+///
+/// Unknown fields are rejected so that a misspelt field is an error rather than silently
+/// ignored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    /// Display label. Container names derive from the task id and attempt, not from it.
+    pub name: String,
+    /// Container image reference, such as `cube-test/busybox:latest`.
+    pub image: String,
+    /// When the worker pulls the image.
+    #[serde(default)]
+    pub pull_policy: PullPolicy,
+    /// Command and arguments; empty keeps the image's default command.
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Environment variables set in the container.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// CPU in cores; fractional values such as 0.25 are allowed.
+    #[serde(default = "default_cpu")]
+    pub cpu: f64,
+    /// Memory limit in bytes (task files may write `"64MiB"`).
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    /// Disk the task needs on its node, in bytes; 0 reserves none.
+    #[serde(default)]
+    pub disk: ByteSize,
+    /// Container ports to publish on the node.
+    #[serde(default)]
+    pub ports: Vec<PortSpec>,
+    /// What happens when the container exits.
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    /// HTTP health check run by the task's worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheck>,
+    /// Time between SIGTERM and SIGKILL when the task is stopped.
+    #[serde(default = "default_stop_grace_period")]
+    pub stop_grace_period: DurationSpec,
+    /// User labels, copied onto the container. Keys starting with `cube.` are reserved.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+fn default_cpu() -> f64 {
+    0.1
+}
+
+fn default_memory() -> ByteSize {
+    ByteSize::mib(64)
+}
+
+fn default_stop_grace_period() -> DurationSpec {
+    DurationSpec::from_secs(10)
+}
+
+/// When a worker pulls a task's image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PullPolicy {
+    /// Pull only when the image is not on the node.
+    #[default]
+    IfNotPresent,
+    /// Never pull: the task fails when the image is not on the node.
+    Never,
+}
+
+/// Transport protocol of a port.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        })
+    }
+}
+
+/// A container port to publish, on a fixed host port or on one chosen for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortSpec {
+    /// Port inside the container.
+    pub container_port: u16,
+    /// Host port; absent means a dynamic port chosen at placement.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_port: Option<u16>,
+    /// Protocol of both ports.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// The restart policy of a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestartPolicy {
+    /// When to restart.
+    #[serde(default)]
+    pub mode: RestartMode,
+    /// Maximum number of restarts before the task ends `failed`.
+    #[serde(default = "default_max_restarts")]
+    pub max_attempts: u32,
+    /// Delay before the first restart; it doubles each time up to `max_backoff`.
+    #[serde(default = "default_backoff")]
+    pub backoff: DurationSpec,
+    /// Upper bound of the restart delay.
+    #[serde(default = "default_max_backoff")]
+    pub max_backoff: DurationSpec,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self {
+            mode: RestartMode::default(),
+            max_attempts: default_max_restarts(),
+            backoff: default_backoff(),
+            max_backoff: default_max_backoff(),
+        }
+    }
+}
+
+fn default_max_restarts() -> u32 {
+    3
+}
+
+fn default_backoff() -> DurationSpec {
+    DurationSpec::from_secs(1)
+}
+
+fn default_max_backoff() -> DurationSpec {
+    DurationSpec::from_secs(60)
+}
+
+/// When a task's container is restarted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartMode {
+    /// Never restart: the task ends with its container.
+    // TODO: make `on-failure` the default once workers restart containers.
+    #[default]
+    Never,
+    /// Restart when the container exits with a non-zero code or fails to start.
+    OnFailure,
+    /// Restart whenever the container exits, unless the user stopped the task.
+    Always,
+}
+
+/// An HTTP health check run against the task's published port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Request path, starting with `/`.
+    pub path: String,
+    /// Container port to probe; it must be one of the task's ports.
+    pub port: u16,
+    /// Time between two checks.
+    #[serde(default = "default_health_interval")]
+    pub interval: DurationSpec,
+    /// Time a check may take before it counts as failed.
+    #[serde(default = "default_health_timeout")]
+    pub timeout: DurationSpec,
+    /// Consecutive failed checks after which the task is unhealthy.
+    #[serde(default = "default_health_failures")]
+    pub failure_threshold: u32,
+}
+
+fn default_health_interval() -> DurationSpec {
+    DurationSpec::from_secs(10)
+}
+
+fn default_health_timeout() -> DurationSpec {
+    DurationSpec::from_secs(2)
+}
+
+fn default_health_failures() -> u32 {
+    3
+}
+
+/// Upper bounds that a task's resource requests are checked against.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SpecLimits {
+    /// Maximum CPU in cores.
+    pub max_cpu: f64,
+    /// Maximum memory in bytes.
+    pub max_memory: ByteSize,
+    /// Maximum disk in bytes.
+    pub max_disk: ByteSize,
+}
+
+impl Default for SpecLimits {
+    fn default() -> Self {
+        Self {
+            max_cpu: 256.0,
+            max_memory: ByteSize::gib(1024),
+            max_disk: ByteSize::gib(64 * 1024),
+        }
+    }
+}
+
+/// A spec field that failed validation, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid field '{field}': {message}")]
+pub struct FieldError {
+    /// Path of the field, such as `memory` or `ports[1].host_port`.
+    pub field: String,
+    /// What is wrong and what is accepted.
+    pub message: String,
+}
+
+impl FieldError {
+    /// Creates an error for `field`.
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+const MAX_NAME_LEN: usize = 128;
+const MAX_IMAGE_LEN: usize = 255;
+/// Label keys with this prefix are set by cube itself.
+pub const RESERVED_LABEL_PREFIX: &str = "cube.";
+
+impl TaskSpec {
+    /// Creates a spec for `image` with default resources and no ports.
+    pub fn new(name: impl Into<String>, image: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            image: image.into(),
+            pull_policy: PullPolicy::default(),
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            cpu: default_cpu(),
+            memory: default_memory(),
+            disk: ByteSize(0),
+            ports: Vec::new(),
+            restart_policy: RestartPolicy::default(),
+            health_check: None,
+            stop_grace_period: default_stop_grace_period(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// The resources this task requests.
+    pub fn resources(&self) -> Resources {
+        Resources {
+            cpu: self.cpu,
+            memory: self.memory,
+            disk: self.disk,
+        }
+    }
+
+    /// Checks every field and returns the first invalid one.
+    ///
+    /// # Errors
+    ///
+    /// Returns a [`FieldError`] naming the field and the accepted values.
+    pub fn validate(&self, limits: &SpecLimits) -> Result<(), FieldError> {
+        self.validate_identity()?;
+        self.validate_resources(limits)?;
+        self.validate_ports()?;
+        self.validate_policies()?;
+        Ok(())
+    }
+
+    fn validate_identity(&self) -> Result<(), FieldError> {
+        if self.name.trim().is_empty() {
+            return Err(FieldError::new("name", "must not be empty"));
+        }
+        if self.name.len() > MAX_NAME_LEN || self.name.chars().any(char::is_control) {
+            return Err(FieldError::new(
+                "name",
+                format!("must be at most {MAX_NAME_LEN} bytes without control characters"),
+            ));
+        }
+        if self.image.is_empty() {
+            return Err(FieldError::new("image", "must not be empty"));
+        }
+        if self.image.len() > MAX_IMAGE_LEN
+            || self
+                .image
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(FieldError::new(
+                "image",
+                format!(
+                    "'{}' is not an image reference: at most {MAX_IMAGE_LEN} bytes, no spaces",
+                    self.image
+                ),
+            ));
+        }
+        for (index, arg) in self.command.iter().enumerate() {
+            if arg.contains('\0') {
+                return Err(FieldError::new(
+                    format!("command[{index}]"),
+                    "must not contain NUL",
+                ));
+            }
+        }
+        for (key, value) in &self.env {
+            if key.is_empty() || key.contains('=') || key.contains('\0') || value.contains('\0') {
+                return Err(FieldError::new(
+                    format!("env.{key}"),
+                    "names must be non-empty without '=' or NUL, and values without NUL",
+                ));
+            }
+        }
+        for key in self.labels.keys() {
+            if key.starts_with(RESERVED_LABEL_PREFIX) {
+                return Err(FieldError::new(
+                    format!("labels.{key}"),
+                    format!("keys starting with '{RESERVED_LABEL_PREFIX}' are reserved for cube"),
+                ));
+            }
+            if key.is_empty() {
+                return Err(FieldError::new("labels", "keys must not be empty"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_resources(&self, limits: &SpecLimits) -> Result<(), FieldError> {
+        if !self.cpu.is_finite() || self.cpu <= 0.0 || self.cpu > limits.max_cpu {
+            return Err(FieldError::new(
+                "cpu",
+                format!(
+                    "{} is out of range: expected more than 0 and at most {} cores",
+                    self.cpu, limits.max_cpu
+                ),
+            ));
+        }
+        if self.memory.0 == 0 || self.memory > limits.max_memory {
+            return Err(FieldError::new(
+                "memory",
+                format!(
+                    "{} bytes is out of range: expected 1 to {} bytes ({})",
+                    self.memory.0, limits.max_memory.0, limits.max_memory
+                ),
+            ));
+        }
+        if self.disk > limits.max_disk {
+            return Err(FieldError::new(
+                "disk",
+                format!(
+                    "{} bytes is out of range: expected 0 to {} bytes ({})",
+                    self.disk.0, limits.max_disk.0, limits.max_disk
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_ports(&self) -> Result<(), FieldError> {
+        let mut container_ports = BTreeSet::new();
+        let mut host_ports = BTreeSet::new();
+        for (index, port) in self.ports.iter().enumerate() {
+            if port.container_port == 0 {
+                return Err(FieldError::new(
+                    format!("ports[{index}].container_port"),
+                    "must be 1 to 65535",
+                ));
+            }
+            if !container_ports.insert((port.protocol, port.container_port)) {
+                return Err(FieldError::new(
+                    format!("ports[{index}].container_port"),
+                    format!(
+                        "container port {}/{} is listed twice",
+                        port.container_port, port.protocol
+                    ),
+                ));
+            }
+            if let Some(host_port) = port.host_port {
+                if host_port == 0 {
+                    return Err(FieldError::new(
+                        format!("ports[{index}].host_port"),
+                        "must be 1 to 65535; leave it out for a dynamic port",
+                    ));
+                }
+                if !host_ports.insert((port.protocol, host_port)) {
+                    return Err(FieldError::new(
+                        format!("ports[{index}].host_port"),
+                        format!("host port {host_port}/{} is listed twice", port.protocol),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_policies(&self) -> Result<(), FieldError> {
+        // TODO: accept `on-failure` and `always` once workers restart exited containers.
+        if self.restart_policy.mode != RestartMode::Never {
+            return Err(FieldError::new(
+                "restart_policy.mode",
+                "only 'never' is supported yet: workers do not restart containers",
+            ));
+        }
+        // TODO: accept health checks once workers run them.
+        if self.health_check.is_some() {
+            return Err(FieldError::new(
+                "health_check",
+                "health checks are not supported yet: remove the field",
+            ));
+        }
+        if self.stop_grace_period.get() > std::time::Duration::from_secs(3600) {
+            return Err(FieldError::new("stop_grace_period", "must be at most 1h"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> TaskSpec {
+        TaskSpec::new("web", "cube-test/busybox:latest")
+    }
+
+    fn field_of(spec: &TaskSpec) -> String {
+        spec.validate(&SpecLimits::default()).unwrap_err().field
+    }
+
+    #[test]
+    fn spec_defaults_are_valid() {
+        assert_eq!(valid().validate(&SpecLimits::default()), Ok(()));
+    }
+
+    #[test]
+    fn spec_parses_minimal_json() {
+        let spec: TaskSpec =
+            serde_json::from_str(r#"{"name":"w","image":"i:1","memory":"64MiB"}"#).unwrap();
+        assert_eq!(spec.memory, ByteSize::mib(64));
+        assert_eq!(spec.pull_policy, PullPolicy::IfNotPresent);
+        assert_eq!(spec.stop_grace_period, DurationSpec::from_secs(10));
+    }
+
+    #[test]
+    fn spec_rejects_unknown_field() {
+        let error =
+            serde_json::from_str::<TaskSpec>(r#"{"name":"w","image":"i","memroy":1}"#).unwrap_err();
+        assert!(error.to_string().contains("memroy"), "{error}");
+    }
+
+    #[test]
+    fn spec_rejects_empty_name_and_image() {
+        let mut spec = valid();
+        spec.name = " ".into();
+        assert_eq!(field_of(&spec), "name");
+        let mut spec = valid();
+        spec.image = String::new();
+        assert_eq!(field_of(&spec), "image");
+        let mut spec = valid();
+        spec.image = "has space".into();
+        assert_eq!(field_of(&spec), "image");
+    }
+
+    #[test]
+    fn spec_rejects_out_of_range_resources() {
+        let limits = SpecLimits::default();
+        for cpu in [0.0, -0.5, 1e30, f64::NAN] {
+            let mut spec = valid();
+            spec.cpu = cpu;
+            assert_eq!(
+                spec.validate(&limits).unwrap_err().field,
+                "cpu",
+                "cpu {cpu}"
+            );
+        }
+        let mut spec = valid();
+        spec.memory = ByteSize(0);
+        assert_eq!(field_of(&spec), "memory");
+        let mut spec = valid();
+        spec.memory = ByteSize(limits.max_memory.0 + 1);
+        assert_eq!(field_of(&spec), "memory");
+        let mut spec = valid();
+        spec.disk = ByteSize(u64::MAX);
+        assert_eq!(field_of(&spec), "disk");
+    }
+
+    #[test]
+    fn spec_rejects_repeated_ports() {
+        let mut spec = valid();
+        spec.ports = vec![
+            PortSpec {
+                container_port: 80,
+                host_port: Some(8080),
+                protocol: Protocol::Tcp,
+            },
+            PortSpec {
+                container_port: 81,
+                host_port: Some(8080),
+                protocol: Protocol::Tcp,
+            },
+        ];
+        assert_eq!(field_of(&spec), "ports[1].host_port");
+
+        spec.ports[1].protocol = Protocol::Udp;
+        assert_eq!(spec.validate(&SpecLimits::default()), Ok(()));
+
+        spec.ports[1] = PortSpec {
+            container_port: 80,
+            host_port: None,
+            protocol: Protocol::Tcp,
+        };
+        assert_eq!(field_of(&spec), "ports[1].container_port");
+    }
+
+    #[test]
+    fn spec_rejects_zero_ports() {
+        let mut spec = valid();
+        spec.ports = vec![PortSpec {
+            container_port: 0,
+            host_port: None,
+            protocol: Protocol::Tcp,
+        }];
+        assert_eq!(field_of(&spec), "ports[0].container_port");
+        spec.ports = vec![PortSpec {
+            container_port: 80,
+            host_port: Some(0),
+            protocol: Protocol::Tcp,
+        }];
+        assert_eq!(field_of(&spec), "ports[0].host_port");
+    }
+
+    #[test]
+    fn spec_rejects_unenforced_policies() {
+        let mut spec = valid();
+        spec.restart_policy.mode = RestartMode::OnFailure;
+        assert_eq!(field_of(&spec), "restart_policy.mode");
+        let mut spec = valid();
+        spec.health_check = Some(HealthCheck {
+            path: "/".into(),
+            port: 80,
+            interval: DurationSpec::from_secs(1),
+            timeout: DurationSpec::from_secs(1),
+            failure_threshold: 1,
+        });
+        assert_eq!(field_of(&spec), "health_check");
+    }
+
+    #[test]
+    fn spec_rejects_reserved_labels() {
+        let mut spec = valid();
+        spec.labels.insert("cube.task".into(), "x".into());
+        assert_eq!(field_of(&spec), "labels.cube.task");
+    }
+}
