@@ -46,6 +46,7 @@ pub use spec::{
     SpecLimits, TaskSpec,
 };
 pub use store::{Batch, MemoryStore, NodeRecord, Operation, Store, StoreError};
+pub use store::{RedbStore, STORE_FILE_NAME};
 pub use task::{DesiredState, InvalidTransition, PortBinding, STOPPED_BY_USER, Task, TaskState};
 pub use worker_task::{PortMapping, WorkerTask};
 

@@ -6,7 +6,12 @@
 //! assigned inside the same commit as the task change they record.
 
 mod memory;
+mod redb;
 
+#[cfg(test)]
+mod contract_tests;
+
+pub use self::redb::{RedbStore, STORE_FILE_NAME};
 pub use memory::MemoryStore;
 
 use serde::{Deserialize, Serialize};
@@ -108,6 +113,17 @@ pub enum StoreError {
         /// The underlying error.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A record could not be encoded for storage.
+    #[error("failed to encode {kind} {key} for storage")]
+    Encode {
+        /// Kind of record, such as "task".
+        kind: &'static str,
+        /// Its key.
+        key: String,
+        /// The encoding error.
+        #[source]
+        source: serde_json::Error,
     },
     /// A stored record could not be decoded.
     #[error("stored {kind} {key} is corrupt")]
