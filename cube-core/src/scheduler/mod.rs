@@ -5,10 +5,27 @@
 //! the best. Feasibility is shared ([`check_node`]); policies differ only in how they choose.
 //! The manager's Scheduler actor owns the node table and updates it by deltas; a policy
 //! only reads it.
+//!
+//! The policies are [`Epvm`] (the default, [`DEFAULT_POLICY`]), [`EpvmBook`], [`Greedy`],
+//! [`Binpack`], [`Spread`] and [`RoundRobin`]. Each scores a node from its capacity, its
+//! allocations and, for the CPU and memory load policies, its latest host metrics, in one
+//! pass over the snapshot that allocates nothing per node.
 
+mod binpack;
+mod epvm;
+mod epvm_book;
+#[cfg(test)]
+mod fixtures;
+mod greedy;
 mod round_robin;
+mod spread;
 
+pub use binpack::{Binpack, allocated_share_after};
+pub use epvm::{Epvm, LIEB, marginal_cost};
+pub use epvm_book::{EpvmBook, MAX_JOBS, book_score};
+pub use greedy::{Greedy, cpu_load};
 pub use round_robin::RoundRobin;
+pub use spread::{Spread, free_share_after};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -267,14 +284,147 @@ pub trait Policy: Send + fmt::Debug {
     ) -> Result<Placement, Unplaced>;
 }
 
-/// Names accepted by [`policy_by_name`].
-pub const POLICY_NAMES: &[&str] = &["roundrobin"];
+/// The policy a manager uses when none is configured.
+pub const DEFAULT_POLICY: &str = "epvm";
+
+/// Names accepted by [`policy_by_name`], the default first.
+pub const POLICY_NAMES: &[&str] = &[
+    DEFAULT_POLICY,
+    "epvm-book",
+    "greedy",
+    "binpack",
+    "spread",
+    "roundrobin",
+];
 
 /// Creates the policy called `name`, if there is one.
 pub fn policy_by_name(name: &str) -> Option<Box<dyn Policy>> {
     match name {
+        "epvm" => Some(Box::new(Epvm)),
+        "epvm-book" => Some(Box::new(EpvmBook)),
+        "greedy" => Some(Box::new(Greedy)),
+        "binpack" => Some(Box::new(Binpack)),
+        "spread" => Some(Box::new(Spread)),
         "roundrobin" => Some(Box::new(RoundRobin::default())),
         _ => None,
+    }
+}
+
+/// Which end of a policy's score scale wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Preference {
+    Lowest,
+    Highest,
+}
+
+/// Places `request` on the feasible node with the best score, the first in snapshot order
+/// among equal scores.
+///
+/// Runs filter, score and pick in one pass: each node is checked with [`check_node`] and only
+/// feasible nodes are passed to `score`, so an ineligible node is never scored. `score` also
+/// receives the best score so far (infinitely bad before the first feasible node). When it
+/// can prove a node scores no better than that, it may return any value that is no better
+/// instead of the exact score, because such a node cannot win.
+///
+/// # Errors
+///
+/// Returns [`Unplaced`] with a count per shortfall when no node is feasible.
+fn place_best(
+    request: &PlacementRequest,
+    nodes: &[NodeSnapshot],
+    preference: Preference,
+    mut score: impl FnMut(&NodeSnapshot, f64) -> f64,
+) -> Result<Placement, Unplaced> {
+    let mut unplaced = Unplaced::default();
+    let mut best: Option<(usize, f64)> = None;
+    let worst = match preference {
+        Preference::Lowest => f64::INFINITY,
+        Preference::Highest => f64::NEG_INFINITY,
+    };
+    for (index, node) in nodes.iter().enumerate() {
+        if let Err(shortfall) = check_node(request, node) {
+            unplaced.record(shortfall);
+            continue;
+        }
+        let value = score(node, best.map_or(worst, |(_, best_value)| best_value));
+        debug_assert!(!value.is_nan(), "policy scored node {} as NaN", node.id);
+        let wins = match best {
+            None => true,
+            Some((_, best_value)) => match preference {
+                Preference::Lowest => value < best_value,
+                Preference::Highest => value > best_value,
+            },
+        };
+        if wins {
+            best = Some((index, value));
+        }
+    }
+    match best {
+        Some((index, score)) => Ok(Placement {
+            node: nodes[index].id.clone(),
+            index,
+            score,
+        }),
+        None => Err(unplaced),
+    }
+}
+
+/// Returns `part / whole`, or 0 when `whole` is not positive (a node without that resource).
+fn fraction(part: f64, whole: f64) -> f64 {
+    if whole > 0.0 { part / whole } else { 0.0 }
+}
+
+/// The node's measured CPU usage as a fraction from 0 to 1 of its host's CPUs, if metrics
+/// arrived and hold a finite value.
+fn measured_cpu_usage(node: &NodeSnapshot) -> Option<f64> {
+    let usage = node.metrics.as_ref()?.cpu_usage;
+    usage.is_finite().then(|| usage.clamp(0.0, 1.0))
+}
+
+/// The node's measured memory use (total minus available) as a fraction from 0 to 1 of its
+/// host's memory, if metrics arrived and report a total.
+fn measured_memory_usage(node: &NodeSnapshot) -> Option<f64> {
+    let metrics = node.metrics.as_ref()?;
+    let total = metrics.memory_total.bytes();
+    if total == 0 {
+        return None;
+    }
+    let used = total.saturating_sub(metrics.memory_available.bytes());
+    Some(used as f64 / total as f64)
+}
+
+/// Averages `share(allocated_after, capacity)` over CPU and memory, where `allocated_after`
+/// is what the node would have allocated once `request` is placed.
+///
+/// A resource the node has none of is left out of the mean, as Kubernetes' `NodeResourcesFit`
+/// scorers do; a node with neither CPU nor memory scores 0.
+fn mean_share_after(
+    request: &PlacementRequest,
+    node: &NodeSnapshot,
+    share: impl Fn(f64, f64) -> f64,
+) -> f64 {
+    let resources = [
+        (
+            node.allocated.cpu + request.resources.cpu,
+            node.capacity.cpu,
+        ),
+        (
+            node.allocated.memory.bytes() as f64 + request.resources.memory.bytes() as f64,
+            node.capacity.memory.bytes() as f64,
+        ),
+    ];
+    let mut sum = 0.0;
+    let mut counted = 0u32;
+    for (allocated_after, capacity) in resources {
+        if capacity > 0.0 {
+            sum += share(allocated_after.min(capacity), capacity);
+            counted += 1;
+        }
+    }
+    if counted == 0 {
+        0.0
+    } else {
+        sum / f64::from(counted)
     }
 }
 
@@ -349,5 +499,96 @@ mod tests {
             assert_eq!(policy.name(), *name);
         }
         assert!(policy_by_name("nope").is_none());
+    }
+
+    #[test]
+    fn default_policy_is_epvm_and_listed_first() {
+        assert_eq!(DEFAULT_POLICY, "epvm");
+        assert_eq!(POLICY_NAMES[0], DEFAULT_POLICY);
+        assert!(policy_by_name(DEFAULT_POLICY).is_some());
+    }
+
+    /// Nodes that every policy would prefer if it scored them, each ruled out for another
+    /// reason, followed by one loaded but feasible node at index 7.
+    fn tempting_nodes() -> Vec<NodeSnapshot> {
+        let large = |name: &str, status: NodeStatus| {
+            let mut node = fixtures::node(name, 64.0, 65536);
+            node.status = status;
+            node
+        };
+        let mut no_memory = fixtures::node("no-memory", 64.0, 0);
+        no_memory.capacity.disk = ByteSize(0);
+        let no_cpu = fixtures::node("no-cpu", 0.0, 65536);
+        let mut full_memory = fixtures::node("full-memory", 64.0, 1024);
+        full_memory.allocated.memory = ByteSize::mib(1000);
+        let mut port_taken = fixtures::node("port-taken", 64.0, 65536);
+        port_taken.ports_in_use.insert((Protocol::Tcp, 8080));
+        let mut feasible = fixtures::node("feasible", 4.0, 4096);
+        feasible.allocated.cpu = 2.0;
+        feasible.allocated.memory = ByteSize::mib(2048);
+        feasible.task_count = 3;
+        vec![
+            large("unreachable", NodeStatus::Unreachable),
+            large("down", NodeStatus::Down),
+            large("draining", NodeStatus::Draining),
+            no_memory,
+            no_cpu,
+            full_memory,
+            port_taken,
+            feasible,
+        ]
+    }
+
+    fn tempted_request() -> PlacementRequest {
+        let mut request = fixtures::request(1.0, 512);
+        request.fixed_ports.push((Protocol::Tcp, 8080));
+        request
+    }
+
+    #[test]
+    fn every_policy_skips_ineligible_and_lacking_nodes() {
+        let nodes = tempting_nodes();
+        for name in POLICY_NAMES {
+            let mut policy = policy_by_name(name).unwrap();
+            for attempt in 0..3 {
+                let placement = policy
+                    .place(&tempted_request(), &nodes)
+                    .unwrap_or_else(|unplaced| panic!("{name} placed nothing: {unplaced}"));
+                assert_eq!(
+                    placement.index, 7,
+                    "{name} chose {} on attempt {attempt}",
+                    placement.node
+                );
+                assert_eq!(placement.node.as_str(), "feasible", "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_policy_counts_each_shortfall() {
+        let mut nodes = tempting_nodes();
+        nodes.pop();
+        for name in POLICY_NAMES {
+            let mut policy = policy_by_name(name).unwrap();
+            let unplaced = policy.place(&tempted_request(), &nodes).unwrap_err();
+            assert_eq!(unplaced.evaluated, 7, "{name}");
+            assert_eq!(unplaced.ineligible, 3, "{name}");
+            assert_eq!(unplaced.memory, 2, "{name}");
+            assert_eq!(unplaced.cpu, 1, "{name}");
+            assert_eq!(
+                unplaced.ports.get(&(Protocol::Tcp, 8080)),
+                Some(&1),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_policy_reports_no_nodes() {
+        for name in POLICY_NAMES {
+            let mut policy = policy_by_name(name).unwrap();
+            let unplaced = policy.place(&tempted_request(), &[]).unwrap_err();
+            assert_eq!(unplaced.evaluated, 0, "{name}");
+        }
     }
 }
