@@ -1,0 +1,323 @@
+//! Real-Docker tests against the local engine and the `cube-test/busybox:latest` image.
+//!
+//! Each test gets its own run id. Containers the tests create directly carry
+//! `cube.test=<run id>`. Spec labels may not start with `cube.`, so containers a Worker
+//! creates are found by `cube.node=<node id>` instead, and the node id contains the run id. A guard removes
+//! exactly those containers when the test ends, even on failure. No test pulls from a
+//! registry: specs use pull policy `never`, and the one pull goes to `127.0.0.1:1`, where
+//! nothing listens.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use cube_core::{
+    ByteSize, DurationSpec, LABEL_NODE, PullPolicy, STOPPED_BY_USER, StopTask, TaskState,
+};
+use cube_worker::runtime::{ContainerConfig, ContainerExit, ContainerRuntime, RuntimeError};
+use cube_worker::{DockerConfig, DockerRuntime, Worker};
+use uuid::Uuid;
+
+use crate::support::{ReportProbe, config, spec, spec_with_port, start_msg, start_worker};
+
+const IMAGE: &str = "cube-test/busybox:latest";
+const TEST_LABEL: &str = "cube.test";
+/// Upper bound of one Docker test.
+const TEST_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// This run's containers, removed on drop.
+struct Cleanup {
+    run_id: String,
+    node: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        // The test's runtime may be gone, so the cleanup uses the docker CLI.
+        for filter in [
+            format!("label={TEST_LABEL}={}", self.run_id),
+            format!("label={LABEL_NODE}={}", self.node),
+        ] {
+            let listed = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter", &filter])
+                .output();
+            let Ok(listed) = listed else { continue };
+            let ids = String::from_utf8_lossy(&listed.stdout);
+            let ids: Vec<&str> = ids.split_whitespace().collect();
+            if !ids.is_empty() {
+                let _ = std::process::Command::new("docker")
+                    .args(["rm", "-f"])
+                    .args(&ids)
+                    .output();
+            }
+        }
+    }
+}
+
+/// Connects to Docker, makes sure the test image exists, and returns the runtime with a
+/// cleanup guard for a fresh run id.
+async fn setup(timeout: Duration) -> (DockerRuntime, Cleanup) {
+    let _ = env_logger::builder().is_test(true).try_init();
+    let docker_config = DockerConfig {
+        timeout,
+        ..DockerConfig::default()
+    };
+    let runtime = DockerRuntime::connect(&docker_config)
+        .await
+        .unwrap_or_else(|error| {
+            panic!(
+                "these tests need a running Docker Engine: {}. Start dockerd (or set DOCKER_HOST), \
+             then run scripts/build-test-image",
+                cube_worker::runtime::error_chain(&error)
+            )
+        });
+    if runtime
+        .ensure_image(IMAGE, PullPolicy::Never)
+        .await
+        .is_err()
+    {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/build-test-image");
+        let status = std::process::Command::new(script).status();
+        assert!(
+            status.is_ok_and(|s| s.success()),
+            "image {IMAGE} is missing and {script} failed to build it"
+        );
+    }
+    let run_id = Uuid::new_v4().simple().to_string()[..12].to_string();
+    let cleanup = Cleanup {
+        node: format!("docker-test-{run_id}"),
+        run_id,
+    };
+    (runtime, cleanup)
+}
+
+/// Runs `test` with a time limit, so a stuck engine fails the test instead of hanging it.
+async fn bounded<F: Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_TIMEOUT, test)
+        .await
+        .unwrap_or_else(|_| panic!("docker test took longer than {TEST_TIMEOUT:?}"));
+}
+
+fn docker_worker(runtime: &DockerRuntime, cleanup: &Cleanup) -> Addr<Worker> {
+    start_worker(config(&cleanup.node), Arc::new(runtime.clone()))
+}
+
+/// GETs `/` from 127.0.0.1:`port` and returns the whole response, retrying while the server
+/// in the container is still starting.
+fn http_get(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = (|| -> std::io::Result<String> {
+            let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, port))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer)?;
+            Ok(answer)
+        })();
+        match attempt {
+            Ok(answer) if !answer.is_empty() => return answer,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            other => panic!("GET on 127.0.0.1:{port} failed: {other:?}"),
+        }
+    }
+}
+
+#[actix::test]
+async fn docker_httpd_serves_page_and_stop_removes() {
+    let (runtime, cleanup) = setup(Duration::from_secs(60)).await;
+    bounded(async {
+        let worker = docker_worker(&runtime, &cleanup);
+        let mut probe = ReportProbe::subscribe(&worker, 0);
+        let mut spec = spec_with_port(IMAGE, 80);
+        spec.command = ["httpd", "-f", "-p", "80", "-h", "/www"]
+            .map(String::from)
+            .to_vec();
+        spec.stop_grace_period = DurationSpec::from_secs(2);
+        let start = start_msg(spec);
+        let task_id = start.task_id;
+
+        let submitted = Instant::now();
+        worker.send(start).await.unwrap().unwrap();
+        let running = probe.wait_status(task_id, TaskState::Running).await;
+        println!("submit to running: {:?}", submitted.elapsed());
+
+        let port = &running.host_ports[0];
+        assert_eq!(port.host_ip, "127.0.0.1");
+        let page = tokio::task::spawn_blocking({
+            let host_port = port.host_port;
+            move || http_get(host_port)
+        })
+        .await
+        .unwrap();
+        assert!(page.starts_with("HTTP/1."), "{page}");
+        assert!(page.contains("hello from cube"), "{page}");
+
+        let container = running.container_id.clone().unwrap();
+        let info = runtime.inspect_container(&container).await.unwrap();
+        assert_eq!(info.labels["cube.task"], task_id.to_string());
+        assert_eq!(info.labels[LABEL_NODE], cleanup.node);
+        assert!(
+            info.name.starts_with(&format!("cube-{task_id}-")),
+            "{}",
+            info.name
+        );
+
+        let stop = StopTask {
+            task_id,
+            attempt: None,
+            reason: STOPPED_BY_USER.into(),
+        };
+        worker.send(stop).await.unwrap().unwrap();
+        let completed = probe.wait_status(task_id, TaskState::Completed).await;
+        assert_eq!(completed.reason, STOPPED_BY_USER);
+        let gone = runtime.inspect_container(&container).await;
+        assert!(
+            matches!(gone, Err(RuntimeError::ContainerNotFound { .. })),
+            "container still exists: {gone:?}"
+        );
+    })
+    .await;
+}
+
+#[actix::test]
+async fn docker_missing_image_fails_naming_image() {
+    let (runtime, cleanup) = setup(Duration::from_secs(60)).await;
+    bounded(async {
+        let worker = docker_worker(&runtime, &cleanup);
+        let mut probe = ReportProbe::subscribe(&worker, 0);
+        let image = format!("cube-test/absent-{}:1", cleanup.run_id);
+        let start = start_msg(spec(&image));
+        let task_id = start.task_id;
+        worker.send(start).await.unwrap().unwrap();
+
+        let failed = probe.wait_status(task_id, TaskState::Failed).await;
+        assert!(failed.reason.contains(&image), "{}", failed.reason);
+        assert!(failed.reason.contains("never"), "{}", failed.reason);
+        let left = runtime
+            .list_containers(LABEL_NODE, Some(&cleanup.node))
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "containers left: {left:?}");
+    })
+    .await;
+}
+
+#[actix::test]
+async fn docker_pull_failure_names_image() {
+    let (runtime, _cleanup) = setup(Duration::from_secs(60)).await;
+    bounded(async {
+        // Nothing listens on port 1, so the engine fails at once without leaving the host.
+        let image = "127.0.0.1:1/cube-test/absent:1";
+        let error = runtime
+            .ensure_image(image, PullPolicy::IfNotPresent)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&error, RuntimeError::ImagePull { image: named, .. } if named == image),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains(image), "{error}");
+    })
+    .await;
+}
+
+#[actix::test]
+async fn docker_exit_three_reports_failed() {
+    let (runtime, cleanup) = setup(Duration::from_secs(60)).await;
+    bounded(async {
+        let worker = docker_worker(&runtime, &cleanup);
+        let mut probe = ReportProbe::subscribe(&worker, 0);
+        let mut spec = spec(IMAGE);
+        spec.command = ["sh", "-c", "exit 3"].map(String::from).to_vec();
+        let start = start_msg(spec);
+        let task_id = start.task_id;
+        worker.send(start).await.unwrap().unwrap();
+
+        let failed = probe.wait_status(task_id, TaskState::Failed).await;
+        assert_eq!(failed.exit_code, Some(3));
+        let container = failed.container_id.expect("the container was created");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while runtime.inspect_container(&container).await.is_ok() {
+            assert!(
+                Instant::now() < deadline,
+                "exited container was not removed"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
+#[actix::test]
+async fn docker_stop_kills_sigterm_ignoring_container_after_grace() {
+    let (runtime, cleanup) = setup(Duration::from_secs(60)).await;
+    bounded(async {
+        let worker = docker_worker(&runtime, &cleanup);
+        let mut probe = ReportProbe::subscribe(&worker, 0);
+        let mut spec = spec(IMAGE);
+        spec.command = ["sh", "-c", "trap '' TERM; sleep 300"]
+            .map(String::from)
+            .to_vec();
+        spec.stop_grace_period = DurationSpec::from_secs(1);
+        let start = start_msg(spec);
+        let task_id = start.task_id;
+        worker.send(start).await.unwrap().unwrap();
+        probe.wait_status(task_id, TaskState::Running).await;
+
+        let stop_sent = Instant::now();
+        let stop = StopTask {
+            task_id,
+            attempt: None,
+            reason: STOPPED_BY_USER.into(),
+        };
+        worker.send(stop).await.unwrap().unwrap();
+        let completed = probe.wait_status(task_id, TaskState::Completed).await;
+        let took = stop_sent.elapsed();
+        assert!(
+            took >= Duration::from_secs(1),
+            "stopped before the grace period: {took:?}"
+        );
+        assert!(took < Duration::from_secs(6), "stop took {took:?}");
+        assert_eq!(completed.reason, STOPPED_BY_USER);
+    })
+    .await;
+}
+
+#[actix::test]
+async fn docker_wait_outlives_client_timeout() {
+    // A 1 s client timeout covers only the response headers, which the engine sends at once.
+    let (runtime, cleanup) = setup(Duration::from_secs(1)).await;
+    bounded(async {
+        let config = ContainerConfig {
+            name: format!("cube-test-wait-{}", cleanup.run_id),
+            image: IMAGE.into(),
+            command: ["sleep", "3"].map(String::from).to_vec(),
+            env: BTreeMap::new(),
+            cpu: 0.1,
+            memory: ByteSize::mib(16),
+            labels: BTreeMap::from([(TEST_LABEL.to_string(), cleanup.run_id.clone())]),
+            ports: Vec::new(),
+            publish_address: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        };
+        let started = runtime.start_container(config).await.unwrap();
+        let exit = runtime.wait_container(&started.id).await.unwrap();
+        assert_eq!(exit, ContainerExit::Exited { code: 0 });
+        let listed = runtime
+            .list_containers(TEST_LABEL, Some(&cleanup.run_id))
+            .await
+            .unwrap();
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].id, started.id);
+        runtime.remove_container(&started.id).await.unwrap();
+        runtime
+            .remove_container(&started.id)
+            .await
+            .expect("a second remove succeeds");
+    })
+    .await;
+}
