@@ -1,0 +1,881 @@
+//! The Manager actor: accepts tasks, places them through the scheduler, drives workers and
+//! applies what they report.
+//!
+//! The HTTP edge ([`crate::http`]) and embedding code send it [`CreateTask`], [`GetTask`],
+//! [`GetTasks`], [`RequestStop`], [`AddWorker`] and [`ListNodes`]. Workers send it
+//! [`WorkerReport`]s through the weak recipient it hands them in [`SubscribeReports`]. It
+//! requests placements from the [`Scheduler`] and sends [`StartTask`] and [`StopTask`]
+//! through each worker's [`WorkerHandle`].
+//!
+//! The manager owns the task records (cached in memory, written to its [`Store`]) and the
+//! queue of pending tasks. Every change is committed to the store, task and event in one
+//! [`Batch`], before a reply goes out, and every state change goes through
+//! [`Task::transition`].
+//!
+//! # Guarantees
+//!
+//! - A submitted task is placed as soon as the submission is stored; a task that fits nowhere
+//!   stays `pending` with the reason and is tried again whenever capacity appears (a node
+//!   joins or changes, a task releases its allocation).
+//! - Each placement is a new attempt; reports about any other attempt, and reports whose
+//!   per-worker sequence number was already seen, are ignored.
+//! - A task's allocation is released exactly once, when it reaches a terminal state or goes
+//!   back to `pending`.
+//!
+//! # Caveats
+//!
+//! - Tasks loaded from a persistent store that were `scheduled` or `running` are not yet
+//!   reconciled with their workers at start-up: they keep their state and hold no allocation.
+//! - A node that stops reporting is never marked down, so its tasks are not placed again.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+
+use actix::prelude::*;
+use log::{debug, error, info, warn};
+
+use cube_core::event::TaskEvent;
+use cube_core::ids::{AttemptId, NodeId, TaskId};
+use cube_core::messages::{
+    CommandError, ReportBody, StartTask, StopTask, SubscribeReports, TaskStatusReport,
+    WorkerHandle, WorkerReport,
+};
+use cube_core::node::NodeDescription;
+use cube_core::scheduler::{Unplaced, policy_by_name};
+use cube_core::spec::TaskSpec;
+use cube_core::store::{Batch, NodeRecord, Operation, Store};
+use cube_core::task::{DesiredState, PortBinding, STOPPED_BY_USER, Task, TaskState};
+use cube_core::wire::NodeView;
+
+use crate::error::error_chain;
+use crate::scheduler::{
+    Assignment, GetNodes, NodeJoined, NodeUpdated, PlaceRequest, PlaceTasks, ReleaseTask, Scheduler,
+};
+use crate::{Error, ManagerConfig};
+
+// === messages ===
+
+/// Submits a task: validates its spec, stores it and places it.
+///
+/// With a client-supplied `id` already stored, an identical spec returns the stored task
+/// with `created: false`; a different spec is [`Error::Conflict`].
+#[derive(Debug, Message)]
+#[rtype(result = "Result<Submission, Error>")]
+pub struct CreateTask {
+    /// Client-supplied id; `None` generates one.
+    pub id: Option<TaskId>,
+    /// The container to run and its resources.
+    pub spec: TaskSpec,
+}
+
+/// The reply to [`CreateTask`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Submission {
+    /// The stored task.
+    pub task: Task,
+    /// Whether this request created it; `false` for an identical repeat.
+    pub created: bool,
+}
+
+/// Returns one task.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Task, Error>")]
+pub struct GetTask {
+    /// The task.
+    pub task_id: TaskId,
+}
+
+/// Returns every task, oldest first.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Vec<Task>")]
+pub struct GetTasks;
+
+/// Sets a task's desired state to `stopped` and returns the task.
+///
+/// A pending task ends `completed` at once; a scheduled or running one is stopped by its
+/// worker, whose report ends it. Stopping a finished or already stopped task changes
+/// nothing. The record is kept.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "Result<Task, Error>")]
+pub struct RequestStop {
+    /// The task.
+    pub task_id: TaskId,
+}
+
+/// Adds a worker: fetches its description, registers it with the scheduler and subscribes
+/// to its reports. Returns its node id.
+///
+/// Adding a node that is already registered replaces its handle and keeps its tasks.
+#[derive(Message)]
+#[rtype(result = "Result<NodeId, Error>")]
+pub struct AddWorker {
+    /// How to reach the worker.
+    pub handle: WorkerHandle,
+    /// Base URL of a remote worker's API, shown in `GET /nodes`; `None` for an in-process one.
+    pub address: Option<String>,
+}
+
+/// Returns every node with its capacity, allocation and metrics.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "Result<Vec<NodeView>, Error>")]
+pub struct ListNodes;
+
+/// Runs a placement pass over the queued tasks.
+#[derive(Debug, Clone, Copy, Message)]
+#[rtype(result = "()")]
+struct PlacePending;
+
+// === the actor ===
+
+/// A registered worker.
+struct WorkerEntry {
+    handle: WorkerHandle,
+    address: Option<String>,
+    publish_address: String,
+    /// Highest report sequence number applied from this worker.
+    last_seq: u64,
+}
+
+/// Accepts tasks, places them and reconciles what workers report.
+///
+/// Handles [`CreateTask`], [`GetTask`], [`GetTasks`], [`RequestStop`], [`AddWorker`],
+/// [`ListNodes`] and [`WorkerReport`]. Sends [`PlaceTasks`], [`ReleaseTask`], [`NodeJoined`]
+/// and [`NodeUpdated`] to its [`Scheduler`], and [`StartTask`], [`StopTask`] and
+/// [`SubscribeReports`] to workers.
+pub struct Manager {
+    config: ManagerConfig,
+    store: Box<dyn Store>,
+    scheduler: Addr<Scheduler>,
+    tasks: HashMap<TaskId, Task>,
+    workers: HashMap<NodeId, WorkerEntry>,
+    /// Tasks to try at the next placement pass, oldest first.
+    queued: VecDeque<TaskId>,
+    /// Tasks that fit nowhere, tried again when capacity changes.
+    waiting: VecDeque<TaskId>,
+    /// Whether a placement pass is waiting for the scheduler.
+    placing: bool,
+    /// Incremented on every capacity change, so a pass can tell whether one happened
+    /// while it waited for the scheduler.
+    capacity_epoch: u64,
+}
+
+impl Manager {
+    /// Creates a manager over `store`, loading the tasks it holds, and starts its scheduler.
+    ///
+    /// Must be called inside a running actix `System`, because it starts the [`Scheduler`]
+    /// actor. Pending tasks from the store are placed once the manager starts.
+    ///
+    /// # Errors
+    ///
+    /// Returns [`Error::UnknownPolicy`] or [`Error::InvalidPortRange`] for bad settings, and
+    /// [`Error::LoadStore`] when the store cannot be read.
+    pub fn new(config: ManagerConfig, store: Box<dyn Store>) -> Result<Self, Error> {
+        config.validate()?;
+        let policy = policy_by_name(&config.scheduler).ok_or_else(|| Error::UnknownPolicy {
+            name: config.scheduler.clone(),
+        })?;
+        let mut stored = store
+            .tasks()
+            .map_err(|source| Error::LoadStore { source })?;
+        stored.sort_by_key(|task| (task.created_at, task.id));
+
+        // TODO: reconcile loaded scheduled and running tasks with their workers once those
+        // register, re-booking their allocations and ports.
+        let queued = stored
+            .iter()
+            .filter(|task| {
+                task.state == TaskState::Pending && task.desired_state == DesiredState::Running
+            })
+            .map(|task| task.id)
+            .collect();
+        let tasks = stored.into_iter().map(|task| (task.id, task)).collect();
+        let scheduler = Scheduler::new(policy, config.dynamic_ports).start();
+        Ok(Self {
+            config,
+            store,
+            scheduler,
+            tasks,
+            workers: HashMap::new(),
+            queued,
+            waiting: VecDeque::new(),
+            placing: false,
+            capacity_epoch: 0,
+        })
+    }
+
+    /// The scheduler actor this manager places tasks with.
+    pub fn scheduler(&self) -> Addr<Scheduler> {
+        self.scheduler.clone()
+    }
+}
+
+impl Actor for Manager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // Workers' reports and the API's requests share this mailbox; 16 is too few for a
+        // burst of reports from many workers.
+        ctx.set_mailbox_capacity(1024);
+        info!(
+            "manager started policy={} tasks={}",
+            self.config.scheduler,
+            self.tasks.len()
+        );
+        if !self.queued.is_empty() {
+            ctx.notify(PlacePending);
+        }
+    }
+}
+
+impl Handler<CreateTask> for Manager {
+    type Result = Result<Submission, Error>;
+
+    fn handle(&mut self, msg: CreateTask, ctx: &mut Context<Self>) -> Self::Result {
+        msg.spec.validate(&self.config.spec_limits)?;
+        if let Some(id) = msg.id
+            && let Some(existing) = self.tasks.get(&id)
+        {
+            if existing.spec != msg.spec {
+                return Err(Error::Conflict { task_id: id });
+            }
+            return Ok(Submission {
+                task: existing.clone(),
+                created: false,
+            });
+        }
+
+        let id = msg.id.unwrap_or_else(TaskId::generate);
+        let task = Task::new(id, msg.spec, self.config.clock.now());
+        self.commit(task.clone(), Vec::new())?;
+        info!("task submitted task_id={id} image={}", task.spec.image);
+
+        self.queued.push_back(id);
+        ctx.notify(PlacePending);
+        Ok(Submission {
+            task,
+            created: true,
+        })
+    }
+}
+
+impl Handler<GetTask> for Manager {
+    type Result = Result<Task, Error>;
+
+    fn handle(&mut self, msg: GetTask, _: &mut Context<Self>) -> Self::Result {
+        self.tasks
+            .get(&msg.task_id)
+            .cloned()
+            .ok_or(Error::TaskNotFound {
+                task_id: msg.task_id,
+            })
+    }
+}
+
+impl Handler<GetTasks> for Manager {
+    type Result = Vec<Task>;
+
+    fn handle(&mut self, _: GetTasks, _: &mut Context<Self>) -> Vec<Task> {
+        let mut tasks: Vec<Task> = self.tasks.values().cloned().collect();
+        tasks.sort_by_key(|task| (task.created_at, task.id));
+        tasks
+    }
+}
+
+impl Handler<RequestStop> for Manager {
+    type Result = Result<Task, Error>;
+
+    fn handle(&mut self, msg: RequestStop, ctx: &mut Context<Self>) -> Self::Result {
+        let task = self.tasks.get(&msg.task_id).ok_or(Error::TaskNotFound {
+            task_id: msg.task_id,
+        })?;
+        if task.desired_state == DesiredState::Stopped {
+            // A repeat changes nothing, but asks the worker again in case the first stop
+            // never reached it.
+            let task = task.clone();
+            if matches!(task.state, TaskState::Scheduled | TaskState::Running) {
+                self.send_stop(&task, ctx);
+            }
+            return Ok(task);
+        }
+
+        let mut task = task.clone();
+        task.desired_state = DesiredState::Stopped;
+        info!(
+            "task stop requested task_id={} state={}",
+            task.id, task.state
+        );
+        match task.state {
+            TaskState::Pending => {
+                let event = self.transition(&mut task, TaskState::Completed, STOPPED_BY_USER)?;
+                self.commit(task.clone(), vec![event])?;
+            }
+            TaskState::Scheduled | TaskState::Running => {
+                self.commit(task.clone(), Vec::new())?;
+                self.send_stop(&task, ctx);
+            }
+            TaskState::Lost => {
+                // Its node is silent: end the task here, and still ask the node in case it
+                // comes back.
+                let event = self.transition(&mut task, TaskState::Completed, STOPPED_BY_USER)?;
+                self.commit(task.clone(), vec![event])?;
+                self.send_stop(&task, ctx);
+                self.release(task.id, ctx);
+            }
+            TaskState::Completed | TaskState::Failed => {
+                self.commit(task.clone(), Vec::new())?;
+            }
+        }
+        Ok(task)
+    }
+}
+
+impl Handler<AddWorker> for Manager {
+    type Result = ResponseActFuture<Self, Result<NodeId, Error>>;
+
+    fn handle(&mut self, msg: AddWorker, _: &mut Context<Self>) -> Self::Result {
+        let handle = msg.handle;
+        let describer = handle.clone();
+        let timeout = self.config.command_timeout;
+        Box::pin(
+            async move { describer.describe_node(timeout).await }
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    let description = result.map_err(|source| Error::AddWorker {
+                        node: handle.node.clone(),
+                        source,
+                    })?;
+                    if description.id != handle.node {
+                        return Err(Error::NodeMismatch {
+                            handle_node: handle.node,
+                            described_node: description.id,
+                        });
+                    }
+                    act.register_worker(handle, msg.address, description, ctx)
+                }),
+        )
+    }
+}
+
+impl Handler<ListNodes> for Manager {
+    type Result = ResponseActFuture<Self, Result<Vec<NodeView>, Error>>;
+
+    fn handle(&mut self, _: ListNodes, _: &mut Context<Self>) -> Self::Result {
+        Box::pin(
+            self.scheduler
+                .send(GetNodes)
+                .into_actor(self)
+                .map(|result, act, _| {
+                    let nodes = result.map_err(|source| Error::ActorUnavailable {
+                        actor: "scheduler",
+                        source,
+                    })?;
+                    let views = nodes
+                        .iter()
+                        .map(|node| NodeView {
+                            id: node.id.clone(),
+                            address: act
+                                .workers
+                                .get(&node.id)
+                                .and_then(|entry| entry.address.clone()),
+                            status: node.status,
+                            capacity: node.capacity,
+                            allocated: node.allocated,
+                            free: node.free(),
+                            task_count: node.task_count,
+                            metrics: node.metrics.clone(),
+                        })
+                        .collect();
+                    Ok(views)
+                }),
+        )
+    }
+}
+
+impl Handler<WorkerReport> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, report: WorkerReport, ctx: &mut Context<Self>) {
+        let Some(entry) = self.workers.get_mut(&report.node) else {
+            debug!(
+                "report from unregistered node ignored node_id={}",
+                report.node
+            );
+            return;
+        };
+        if report.seq <= entry.last_seq {
+            debug!(
+                "report already applied node_id={} seq={} last_seq={}",
+                report.node, report.seq, entry.last_seq
+            );
+            return;
+        }
+        entry.last_seq = report.seq;
+
+        match report.body {
+            ReportBody::Heartbeat(heartbeat) => {
+                let update = NodeUpdated {
+                    node: report.node,
+                    capacity: Some(heartbeat.capacity),
+                    metrics: heartbeat.metrics,
+                    status: None,
+                };
+                let changed =
+                    self.scheduler
+                        .send(update)
+                        .into_actor(self)
+                        .map(|result, act, ctx| {
+                            if let Ok(true) = result {
+                                act.capacity_changed(ctx);
+                            }
+                        });
+                ctx.spawn(changed);
+            }
+            ReportBody::TaskStatus(status) => self.apply_status(&report.node, status, ctx),
+        }
+    }
+}
+
+impl Handler<PlacePending> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, _: PlacePending, ctx: &mut Context<Self>) {
+        if self.placing {
+            // The running pass notifies again when it sees queued tasks.
+            return;
+        }
+        let mut seen = HashSet::new();
+        let batch: Vec<TaskId> = std::mem::take(&mut self.queued)
+            .into_iter()
+            .filter(|id| seen.insert(*id) && self.is_placeable(*id))
+            .collect();
+        if batch.is_empty() {
+            return;
+        }
+
+        let requests = batch
+            .iter()
+            .map(|id| PlaceRequest::for_spec(*id, &self.tasks[id].spec))
+            .collect();
+        self.placing = true;
+        let epoch = self.capacity_epoch;
+        let pass = self
+            .scheduler
+            .send(PlaceTasks { requests })
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                act.placing = false;
+                match result {
+                    Ok(results) => act.apply_placements(batch, results, epoch, ctx),
+                    Err(source) => {
+                        error!("scheduler did not answer a placement pass: {source}");
+                        act.waiting.extend(batch);
+                    }
+                }
+                if !act.queued.is_empty() {
+                    ctx.notify(PlacePending);
+                }
+            });
+        ctx.spawn(pass);
+    }
+}
+
+// === private helpers ===
+
+impl Manager {
+    /// Whether `id` is a task that should be placed now.
+    fn is_placeable(&self, id: TaskId) -> bool {
+        self.tasks.get(&id).is_some_and(|task| {
+            task.state == TaskState::Pending && task.desired_state == DesiredState::Running
+        })
+    }
+
+    /// Queues every waiting task for another pass, because capacity may have appeared.
+    fn capacity_changed(&mut self, ctx: &mut Context<Self>) {
+        self.capacity_epoch += 1;
+        if self.waiting.is_empty() {
+            return;
+        }
+        // Waiting tasks are older than queued ones, so they go first.
+        let mut queued = std::mem::take(&mut self.waiting);
+        queued.extend(self.queued.drain(..));
+        self.queued = queued;
+        ctx.notify(PlacePending);
+    }
+
+    fn apply_placements(
+        &mut self,
+        batch: Vec<TaskId>,
+        results: Vec<Result<Assignment, Unplaced>>,
+        epoch: u64,
+        ctx: &mut Context<Self>,
+    ) {
+        // Capacity that appeared while the scheduler decided may fit the unplaced tasks.
+        let capacity_changed = epoch != self.capacity_epoch;
+        for (task_id, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(assignment) => self.start_assignment(assignment, ctx),
+                Err(unplaced) => {
+                    self.record_unplaced(task_id, &unplaced);
+                    if capacity_changed {
+                        self.queued.push_back(task_id);
+                    } else {
+                        self.waiting.push_back(task_id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stores why `task_id` stays pending, if the reason changed.
+    fn record_unplaced(&mut self, task_id: TaskId, unplaced: &Unplaced) {
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
+        let reason = unplaced.to_string();
+        debug!("task stays pending task_id={task_id} reason={reason}");
+        if task.state != TaskState::Pending || task.pending_reason.as_ref() == Some(&reason) {
+            return;
+        }
+        let mut task = task.clone();
+        task.pending_reason = Some(reason);
+        if let Err(error) = self.commit(task, Vec::new()) {
+            error!("{}", error_chain(&error));
+        }
+    }
+
+    /// Records a placement as a new attempt and sends its [`StartTask`].
+    fn start_assignment(&mut self, assignment: Assignment, ctx: &mut Context<Self>) {
+        let task_id = assignment.task_id;
+        if !self.is_placeable(task_id) {
+            // Stopped while the scheduler decided: give the allocation back.
+            self.release(task_id, ctx);
+            return;
+        }
+        let Some((handle, publish_address)) = self
+            .workers
+            .get(&assignment.node)
+            .map(|worker| (worker.handle.clone(), worker.publish_address.clone()))
+        else {
+            warn!(
+                "placement on unregistered node dropped task_id={task_id} node_id={}",
+                assignment.node
+            );
+            self.release_quietly(task_id);
+            self.waiting.push_back(task_id);
+            return;
+        };
+
+        let mut task = self.tasks[&task_id].clone();
+        let attempt = AttemptId::generate();
+        task.node = Some(assignment.node.clone());
+        task.attempt = Some(attempt);
+        task.container_id = None;
+        task.exit_code = None;
+        task.pending_reason = None;
+        task.host_ports = assignment
+            .ports
+            .iter()
+            .map(|mapping| PortBinding {
+                container_port: mapping.container_port,
+                protocol: mapping.protocol,
+                host_ip: publish_address.clone(),
+                host_port: mapping.host_port.unwrap_or_default(),
+            })
+            .collect();
+        let reason = format!("placed on node {}", assignment.node);
+        let event = match self.transition(&mut task, TaskState::Scheduled, reason) {
+            Ok(event) => event,
+            Err(error) => {
+                error!("{error}");
+                self.release_quietly(task_id);
+                return;
+            }
+        };
+        let start = StartTask {
+            task_id,
+            attempt,
+            spec: task.spec.clone(),
+            ports: assignment.ports,
+        };
+        if let Err(error) = self.commit(task, vec![event]) {
+            error!("{}", error_chain(&error));
+            self.release_quietly(task_id);
+            self.waiting.push_back(task_id);
+            return;
+        }
+
+        let timeout = self.config.command_timeout;
+        let sent = async move { handle.start_task(start, timeout).await }
+            .into_actor(self)
+            .map(move |result, act, ctx| act.start_acknowledged(task_id, attempt, result, ctx));
+        ctx.spawn(sent);
+    }
+
+    /// Handles the worker's answer to a [`StartTask`], unless the attempt was superseded.
+    fn start_acknowledged(
+        &mut self,
+        task_id: TaskId,
+        attempt: AttemptId,
+        result: Result<(), CommandError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(task) = self.tasks.get(&task_id) else {
+            return;
+        };
+        if task.attempt != Some(attempt) {
+            return;
+        }
+        let error = match result {
+            Ok(()) => {
+                // A stop that arrived during the start was sent at once; send it again now
+                // that the worker has surely recorded the attempt.
+                if task.desired_state == DesiredState::Stopped && !task.state.is_terminal() {
+                    let task = task.clone();
+                    self.send_stop(&task, ctx);
+                }
+                return;
+            }
+            Err(error) => error,
+        };
+        if task.state != TaskState::Scheduled {
+            debug!("start error after a later report ignored task_id={task_id} error={error}");
+            return;
+        }
+
+        let node = task.node.clone();
+        warn!("task start failed task_id={task_id} attempt={attempt} error={error}");
+        if matches!(
+            error,
+            CommandError::TimedOut { .. } | CommandError::Unreachable { .. }
+        ) {
+            // The worker may have recorded the attempt after all; make sure it never runs.
+            let task = task.clone();
+            self.send_stop(&task, ctx);
+        }
+
+        let mut task = task.clone();
+        let (state, reason) = if task.desired_state == DesiredState::Stopped {
+            (TaskState::Completed, STOPPED_BY_USER.to_owned())
+        } else {
+            (TaskState::Pending, format!("start failed: {error}"))
+        };
+        let event = match self.transition(&mut task, state, reason) {
+            Ok(event) => event,
+            Err(error) => {
+                error!("{error}");
+                return;
+            }
+        };
+        task.last_error = Some(error.to_string());
+        if state == TaskState::Pending {
+            let node = node.map(|node| node.to_string()).unwrap_or_default();
+            task.pending_reason = Some(format!("start on node {node} failed: {error}"));
+            task.node = None;
+            task.attempt = None;
+            task.host_ports.clear();
+        }
+        if let Err(error) = self.commit(task, vec![event]) {
+            error!("{}", error_chain(&error));
+        }
+
+        // Retry only when capacity changes, so a worker that rejects every start does not
+        // spin; the release below is not such a change.
+        self.release_quietly(task_id);
+        if state == TaskState::Pending {
+            self.waiting.push_back(task_id);
+        }
+    }
+
+    /// Applies one task status report from `node`.
+    fn apply_status(&mut self, node: &NodeId, status: TaskStatusReport, ctx: &mut Context<Self>) {
+        let Some(task) = self.tasks.get(&status.task_id) else {
+            debug!("report for unknown task ignored task_id={}", status.task_id);
+            return;
+        };
+        if task.attempt != Some(status.attempt) || task.node.as_ref() != Some(node) {
+            debug!(
+                "report for another attempt ignored task_id={} attempt={} node_id={node}",
+                status.task_id, status.attempt
+            );
+            return;
+        }
+
+        let mut task = task.clone();
+        let event = match status.state {
+            TaskState::Running if task.state == TaskState::Running => return,
+            TaskState::Running => self.transition(&mut task, TaskState::Running, status.reason),
+            TaskState::Completed | TaskState::Failed => {
+                let (state, reason) = if task.desired_state == DesiredState::Stopped {
+                    (TaskState::Completed, STOPPED_BY_USER.to_owned())
+                } else {
+                    (status.state, status.reason.clone())
+                };
+                if state == TaskState::Failed {
+                    task.last_error = Some(status.reason);
+                }
+                task.exit_code = status.exit_code.or(task.exit_code);
+                self.transition(&mut task, state, reason)
+            }
+            TaskState::Pending | TaskState::Scheduled | TaskState::Lost => {
+                debug!(
+                    "report of state {} ignored task_id={}",
+                    status.state, status.task_id
+                );
+                return;
+            }
+        };
+        let event = match event {
+            Ok(event) => event,
+            Err(error) => {
+                debug!("report ignored: {error}");
+                return;
+            }
+        };
+        if status.container_id.is_some() {
+            task.container_id = status.container_id;
+        }
+        if !status.host_ports.is_empty() {
+            task.host_ports = status.host_ports;
+        }
+
+        let terminal = task.state.is_terminal();
+        let task_id = task.id;
+        if let Err(error) = self.commit(task, vec![event]) {
+            error!("{}", error_chain(&error));
+            return;
+        }
+        if terminal {
+            self.release(task_id, ctx);
+        }
+    }
+
+    /// Sends [`StopTask`] for `task`'s current attempt to its node, logging a failure.
+    fn send_stop(&self, task: &Task, ctx: &mut Context<Self>) {
+        let Some(node) = task.node.as_ref() else {
+            return;
+        };
+        let Some(worker) = self.workers.get(node) else {
+            warn!(
+                "cannot stop task on unregistered node task_id={} node_id={node}",
+                task.id
+            );
+            return;
+        };
+        let handle = worker.handle.clone();
+        let stop = StopTask {
+            task_id: task.id,
+            attempt: task.attempt,
+            reason: STOPPED_BY_USER.to_owned(),
+        };
+        let timeout = self.config.command_timeout;
+        let task_id = task.id;
+        let sent = async move { handle.stop_task(stop, timeout).await }
+            .into_actor(self)
+            .map(move |result, _, _| {
+                // TODO: retry the stop from a periodic reconciliation pass.
+                if let Err(error) = result {
+                    warn!("failed to send stop to worker task_id={task_id} error={error}");
+                }
+            });
+        ctx.spawn(sent);
+    }
+
+    /// Releases `task_id`'s allocation and, because capacity grew, tries the waiting tasks.
+    fn release(&mut self, task_id: TaskId, ctx: &mut Context<Self>) {
+        let released = self
+            .scheduler
+            .send(ReleaseTask { task_id })
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok(true) => act.capacity_changed(ctx),
+                Ok(false) => {}
+                Err(source) => error!("scheduler did not answer a release: {source}"),
+            });
+        ctx.spawn(released);
+    }
+
+    /// Releases `task_id`'s allocation without trying the waiting tasks again.
+    fn release_quietly(&self, task_id: TaskId) {
+        // NOTE: `do_send` and `send` both enqueue at once, so this release reaches the
+        // scheduler before any later placement request.
+        self.scheduler.do_send(ReleaseTask { task_id });
+    }
+
+    /// Moves `task` to `to` and logs the change.
+    fn transition(
+        &self,
+        task: &mut Task,
+        to: TaskState,
+        reason: impl Into<String>,
+    ) -> Result<TaskEvent, cube_core::task::InvalidTransition> {
+        let event = task.transition(to, reason, self.config.clock.now())?;
+        info!(
+            "task {} task_id={} from={} reason={}",
+            event.to, event.task_id, event.from, event.reason
+        );
+        Ok(event)
+    }
+
+    /// Commits `task` and its `events` in one batch, then updates the cache.
+    fn commit(&mut self, task: Task, events: Vec<TaskEvent>) -> Result<(), Error> {
+        let mut batch = Batch::new();
+        batch.put_task(task.clone());
+        for event in events {
+            batch.append_event(event);
+        }
+        self.store.commit(batch).map_err(|source| Error::Store {
+            task_id: task.id,
+            source,
+        })?;
+        self.tasks.insert(task.id, task);
+        Ok(())
+    }
+
+    fn register_worker(
+        &mut self,
+        handle: WorkerHandle,
+        address: Option<String>,
+        description: NodeDescription,
+        ctx: &mut Context<Self>,
+    ) -> Result<NodeId, Error> {
+        let node = description.id.clone();
+        let mut batch = Batch::new();
+        batch.push(Operation::PutNode(NodeRecord {
+            id: node.clone(),
+            address: address.clone(),
+        }));
+        self.store
+            .commit(batch)
+            .map_err(|source| Error::StoreNode {
+                node: node.clone(),
+                source,
+            })?;
+
+        // NOTE: a re-registered node resumes after the last report applied from it, so a
+        // worker must keep its sequence numbers across restarts.
+        let last_seq = self.workers.get(&node).map_or(0, |entry| entry.last_seq);
+        handle.subscribe.do_send(SubscribeReports {
+            recipient: ctx.address().downgrade().recipient(),
+            after: last_seq,
+        });
+        self.workers.insert(
+            node.clone(),
+            WorkerEntry {
+                handle,
+                address,
+                publish_address: description.publish_address.clone(),
+                last_seq,
+            },
+        );
+        self.scheduler.do_send(NodeJoined {
+            node: node.clone(),
+            capacity: description.capacity,
+            metrics: description.metrics,
+        });
+        info!(
+            "node joined node_id={node} cpu={} memory={} disk={}",
+            description.capacity.cpu, description.capacity.memory, description.capacity.disk
+        );
+        self.capacity_changed(ctx);
+        Ok(node)
+    }
+}

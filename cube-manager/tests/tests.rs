@@ -1,0 +1,17 @@
+//! Integration tests of the cube manager, as one binary with a module per area.
+//!
+//! `manager` and `http_api` run against fake workers. `cluster` (simulated runtime),
+//! `remote` (cube-worker's HTTP API) and `docker` (the local Docker Engine) need the
+//! `in-process` feature, which is on by default.
+
+mod util;
+
+mod http_api;
+mod manager;
+
+#[cfg(feature = "in-process")]
+mod cluster;
+#[cfg(feature = "in-process")]
+mod docker;
+#[cfg(feature = "in-process")]
+mod remote;
