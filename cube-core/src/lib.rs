@@ -42,8 +42,8 @@ pub use messages::{
 pub use node::{DeclaredCapacity, HostMetrics, NodeDescription, NodeStatus};
 pub use resources::{ByteSize, Resources};
 pub use spec::{
-    FieldError, HealthCheck, PortSpec, Protocol, PullPolicy, RestartMode, RestartPolicy,
-    SpecLimits, TaskSpec,
+    FieldError, HealthCheck, MAX_RESTART_ATTEMPTS, MAX_RESTART_BACKOFF, PortSpec, Protocol,
+    PullPolicy, RESTART_JITTER, RestartMode, RestartPolicy, SpecLimits, TaskSpec,
 };
 pub use store::{Batch, MemoryStore, NodeRecord, Operation, Store, StoreError};
 pub use store::{RedbStore, STORE_FILE_NAME};

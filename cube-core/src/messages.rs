@@ -156,7 +156,7 @@ pub struct TaskStatusReport {
     pub task_id: TaskId,
     /// The attempt the report is about.
     pub attempt: AttemptId,
-    /// New state: running, completed or failed.
+    /// New state: running, completed or failed, or scheduled while a restart waits.
     pub state: TaskState,
     /// The attempt's container, if one was created.
     pub container_id: Option<ContainerId>,
@@ -166,6 +166,19 @@ pub struct TaskStatusReport {
     pub exit_code: Option<i64>,
     /// Why the state changed, such as "container exited with code 1".
     pub reason: String,
+    /// Restarts the worker made under the task's restart policy for this placement.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// When the worker starts the next attempt; set while the task is `scheduled` and waits
+    /// out a restart back-off.
+    #[serde(default)]
+    pub next_attempt_at: Option<Timestamp>,
+    /// The attempt this one replaces, when the worker started it as a local restart.
+    ///
+    /// The manager switches a task to a new attempt only when this names the task's current
+    /// attempt on the same node.
+    #[serde(default)]
+    pub replaces: Option<AttemptId>,
 }
 
 /// A worker's periodic sign of life.
@@ -281,5 +294,48 @@ impl WorkerHandle {
             .timeout(timeout)
             .await
             .map_err(|error| CommandError::from_mailbox(&self.node, error, timeout))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_report_without_restart_fields_decodes() {
+        let task_id = TaskId::generate();
+        let attempt = AttemptId::generate();
+        let json = serde_json::json!({
+            "task_id": task_id,
+            "attempt": attempt,
+            "state": "failed",
+            "container_id": null,
+            "host_ports": [],
+            "exit_code": 1,
+            "reason": "container exited with code 1",
+        });
+        let report: TaskStatusReport = serde_json::from_value(json).unwrap();
+        assert_eq!(report.restart_count, 0);
+        assert_eq!(report.next_attempt_at, None);
+        assert_eq!(report.replaces, None);
+    }
+
+    #[test]
+    fn status_report_round_trips_restart_fields() {
+        let report = TaskStatusReport {
+            task_id: TaskId::generate(),
+            attempt: AttemptId::generate(),
+            state: TaskState::Scheduled,
+            container_id: None,
+            host_ports: Vec::new(),
+            exit_code: Some(1),
+            reason: "container exited with code 1; restart 2 of 3 in 2.0s".into(),
+            restart_count: 1,
+            next_attempt_at: Some(chrono::Utc::now()),
+            replaces: Some(AttemptId::generate()),
+        };
+        let json = serde_json::to_string(&report).unwrap();
+        let decoded: TaskStatusReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(decoded, report);
     }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -113,17 +114,25 @@ pub struct PortSpec {
     pub protocol: Protocol,
 }
 
-/// The restart policy of a task.
+/// The restart policy of a task, applied by the task's worker.
+///
+/// When an attempt ends (its container exits, vanishes or fails to start) and [`RestartMode`]
+/// calls for a restart, the worker waits the back-off delay and starts a new attempt. The
+/// delay before restart `n` (from 1) is `backoff × 2^(n-1)`, capped at `max_backoff`, then
+/// moved at random by up to ±[`RESTART_JITTER`] of itself and capped again. A stop the user
+/// asked for never leads to a restart. Once `max_attempts` restarts are used up, the task
+/// ends `failed` whatever the last exit code was, because the policy could not keep it going.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartPolicy {
     /// When to restart.
     #[serde(default)]
     pub mode: RestartMode,
-    /// Maximum number of restarts before the task ends `failed`.
+    /// Maximum number of restarts before the task ends `failed`; the first start is not
+    /// counted, so a task runs at most `max_attempts + 1` containers.
     #[serde(default = "default_max_restarts")]
     pub max_attempts: u32,
-    /// Delay before the first restart; it doubles each time up to `max_backoff`.
+    /// Delay before the first restart, doubled for each later one up to `max_backoff`.
     #[serde(default = "default_backoff")]
     pub backoff: DurationSpec,
     /// Upper bound of the restart delay.
@@ -139,6 +148,87 @@ impl Default for RestartPolicy {
             backoff: default_backoff(),
             max_backoff: default_max_backoff(),
         }
+    }
+}
+
+/// Largest share of a restart delay that jitter adds or removes: 0.2 is ±20 %.
+///
+/// Jitter keeps tasks that failed together, such as on a shared dependency, from restarting
+/// in lockstep.
+pub const RESTART_JITTER: f64 = 0.2;
+
+/// Largest accepted [`RestartPolicy::max_attempts`].
+pub const MAX_RESTART_ATTEMPTS: u32 = 10_000;
+
+/// Largest accepted [`RestartPolicy::max_backoff`].
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(3600);
+
+impl RestartPolicy {
+    /// Returns whether an attempt that ended as `failed` (or not) is restarted, given the
+    /// restarts already made. The caller excludes a stop that the user requested.
+    pub fn should_restart(&self, failed: bool, restarts_so_far: u32) -> bool {
+        self.mode.restarts_after(failed) && restarts_so_far < self.max_attempts
+    }
+
+    /// Returns the delay before restart number `restart` (1 for the first), without jitter.
+    pub fn base_delay(&self, restart: u32) -> Duration {
+        let doublings = restart.saturating_sub(1).min(63);
+        let factor = 1u64 << doublings;
+        let backoff = self.backoff.get();
+        let delay = u32::try_from(factor)
+            .ok()
+            .and_then(|factor| backoff.checked_mul(factor))
+            .unwrap_or(Duration::MAX);
+        delay.min(self.max_backoff.get())
+    }
+
+    /// Returns the delay before restart number `restart`, moved by `jitter` (from -1.0 to 1.0)
+    /// times [`RESTART_JITTER`] of itself and capped at `max_backoff`.
+    ///
+    /// A caller passes a random `jitter`; values outside -1.0 to 1.0 are clamped.
+    pub fn delay(&self, restart: u32, jitter: f64) -> Duration {
+        let base = self.base_delay(restart);
+        let jitter = if jitter.is_finite() {
+            jitter.clamp(-1.0, 1.0)
+        } else {
+            0.0
+        };
+        base.mul_f64(1.0 + jitter * RESTART_JITTER)
+            .min(self.max_backoff.get())
+    }
+
+    fn validate(&self) -> Result<(), FieldError> {
+        if self.max_attempts > MAX_RESTART_ATTEMPTS {
+            return Err(FieldError::new(
+                "restart_policy.max_attempts",
+                format!(
+                    "{} is out of range: expected 0 to {MAX_RESTART_ATTEMPTS}",
+                    self.max_attempts
+                ),
+            ));
+        }
+        if self.backoff.get().is_zero() {
+            return Err(FieldError::new(
+                "restart_policy.backoff",
+                "must be more than 0, such as \"1s\"",
+            ));
+        }
+        if self.max_backoff.get() > MAX_RESTART_BACKOFF {
+            return Err(FieldError::new(
+                "restart_policy.max_backoff",
+                format!("{} is out of range: expected at most 1h", self.max_backoff),
+            ));
+        }
+        if self.max_backoff < self.backoff {
+            return Err(FieldError::new(
+                "restart_policy.max_backoff",
+                format!(
+                    "{} is less than restart_policy.backoff {}",
+                    self.max_backoff, self.backoff
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -159,13 +249,23 @@ fn default_max_backoff() -> DurationSpec {
 #[serde(rename_all = "kebab-case")]
 pub enum RestartMode {
     /// Never restart: the task ends with its container.
-    // TODO: make `on-failure` the default once workers restart containers.
-    #[default]
     Never,
-    /// Restart when the container exits with a non-zero code or fails to start.
+    /// Restart when the container exits with a non-zero code, vanishes or fails to start.
+    #[default]
     OnFailure,
     /// Restart whenever the container exits, unless the user stopped the task.
     Always,
+}
+
+impl RestartMode {
+    /// Returns whether this mode restarts an attempt that ended as `failed` (or not).
+    pub fn restarts_after(self, failed: bool) -> bool {
+        match self {
+            RestartMode::Never => false,
+            RestartMode::OnFailure => failed,
+            RestartMode::Always => true,
+        }
+    }
 }
 
 /// An HTTP health check run against the task's published port.
@@ -413,13 +513,7 @@ impl TaskSpec {
     }
 
     fn validate_policies(&self) -> Result<(), FieldError> {
-        // TODO: accept `on-failure` and `always` once workers restart exited containers.
-        if self.restart_policy.mode != RestartMode::Never {
-            return Err(FieldError::new(
-                "restart_policy.mode",
-                "only 'never' is supported yet: workers do not restart containers",
-            ));
-        }
+        self.restart_policy.validate()?;
         // TODO: accept health checks once workers run them.
         if self.health_check.is_some() {
             return Err(FieldError::new(
@@ -427,7 +521,7 @@ impl TaskSpec {
                 "health checks are not supported yet: remove the field",
             ));
         }
-        if self.stop_grace_period.get() > std::time::Duration::from_secs(3600) {
+        if self.stop_grace_period.get() > Duration::from_secs(3600) {
             return Err(FieldError::new("stop_grace_period", "must be at most 1h"));
         }
         Ok(())
@@ -549,10 +643,7 @@ mod tests {
     }
 
     #[test]
-    fn spec_rejects_unenforced_policies() {
-        let mut spec = valid();
-        spec.restart_policy.mode = RestartMode::OnFailure;
-        assert_eq!(field_of(&spec), "restart_policy.mode");
+    fn spec_rejects_health_check() {
         let mut spec = valid();
         spec.health_check = Some(HealthCheck {
             path: "/".into(),
@@ -562,6 +653,139 @@ mod tests {
             failure_threshold: 1,
         });
         assert_eq!(field_of(&spec), "health_check");
+    }
+
+    #[test]
+    fn restart_policy_defaults_to_on_failure() {
+        let spec: TaskSpec = serde_json::from_str(r#"{"name":"w","image":"i"}"#).unwrap();
+        assert_eq!(spec.restart_policy.mode, RestartMode::OnFailure);
+        assert_eq!(spec.restart_policy.max_attempts, 3);
+        assert_eq!(spec.restart_policy.backoff, DurationSpec::from_secs(1));
+        assert_eq!(spec.restart_policy.max_backoff, DurationSpec::from_secs(60));
+        assert_eq!(spec.restart_policy, RestartPolicy::default());
+    }
+
+    #[test]
+    fn restart_policy_accepts_every_mode() {
+        for mode in [
+            RestartMode::Never,
+            RestartMode::OnFailure,
+            RestartMode::Always,
+        ] {
+            let mut spec = valid();
+            spec.restart_policy.mode = mode;
+            assert_eq!(spec.validate(&SpecLimits::default()), Ok(()), "{mode:?}");
+        }
+        let spec: TaskSpec = serde_json::from_str(
+            r#"{"name":"w","image":"i","restart_policy":{"mode":"always","backoff":"250ms"}}"#,
+        )
+        .unwrap();
+        assert_eq!(spec.restart_policy.mode, RestartMode::Always);
+        assert_eq!(spec.restart_policy.backoff, DurationSpec::from_millis(250));
+    }
+
+    #[test]
+    fn restart_policy_rejects_unknown_mode() {
+        let error = serde_json::from_str::<TaskSpec>(
+            r#"{"name":"w","image":"i","restart_policy":{"mode":"sometimes"}}"#,
+        )
+        .unwrap_err();
+        assert!(error.to_string().contains("sometimes"), "{error}");
+    }
+
+    #[test]
+    fn restart_policy_rejects_zero_backoff() {
+        let mut spec = valid();
+        spec.restart_policy.backoff = DurationSpec::from_millis(0);
+        assert_eq!(field_of(&spec), "restart_policy.backoff");
+    }
+
+    #[test]
+    fn restart_policy_rejects_cap_below_backoff() {
+        let mut spec = valid();
+        spec.restart_policy.backoff = DurationSpec::from_secs(10);
+        spec.restart_policy.max_backoff = DurationSpec::from_secs(5);
+        let error = spec.validate(&SpecLimits::default()).unwrap_err();
+        assert_eq!(error.field, "restart_policy.max_backoff");
+        assert!(error.message.contains("10s"), "{}", error.message);
+
+        spec.restart_policy.max_backoff = DurationSpec::from_secs(10);
+        assert_eq!(spec.validate(&SpecLimits::default()), Ok(()));
+    }
+
+    #[test]
+    fn restart_policy_rejects_cap_above_one_hour() {
+        let mut spec = valid();
+        spec.restart_policy.max_backoff = DurationSpec::from_secs(3601);
+        assert_eq!(field_of(&spec), "restart_policy.max_backoff");
+    }
+
+    #[test]
+    fn restart_policy_bounds_max_attempts() {
+        let mut spec = valid();
+        spec.restart_policy.max_attempts = MAX_RESTART_ATTEMPTS;
+        assert_eq!(spec.validate(&SpecLimits::default()), Ok(()));
+        spec.restart_policy.max_attempts = MAX_RESTART_ATTEMPTS + 1;
+        assert_eq!(field_of(&spec), "restart_policy.max_attempts");
+        spec.restart_policy.max_attempts = 0;
+        assert_eq!(spec.validate(&SpecLimits::default()), Ok(()));
+    }
+
+    #[test]
+    fn restart_mode_decides_by_outcome() {
+        assert!(!RestartMode::Never.restarts_after(true));
+        assert!(!RestartMode::Never.restarts_after(false));
+        assert!(RestartMode::OnFailure.restarts_after(true));
+        assert!(!RestartMode::OnFailure.restarts_after(false));
+        assert!(RestartMode::Always.restarts_after(true));
+        assert!(RestartMode::Always.restarts_after(false));
+    }
+
+    #[test]
+    fn restart_policy_stops_at_max_attempts() {
+        let policy = RestartPolicy {
+            mode: RestartMode::Always,
+            max_attempts: 2,
+            ..RestartPolicy::default()
+        };
+        assert!(policy.should_restart(false, 0));
+        assert!(policy.should_restart(true, 1));
+        assert!(!policy.should_restart(true, 2));
+        assert!(!policy.should_restart(false, 3));
+    }
+
+    #[test]
+    fn restart_delay_doubles_up_to_cap() {
+        let policy = RestartPolicy {
+            mode: RestartMode::OnFailure,
+            max_attempts: 100,
+            backoff: DurationSpec::from_millis(100),
+            max_backoff: DurationSpec::from_secs(1),
+        };
+        let delays: Vec<u128> = (1..=6)
+            .map(|restart| policy.base_delay(restart).as_millis())
+            .collect();
+        assert_eq!(delays, vec![100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(policy.base_delay(0), Duration::from_millis(100));
+        assert_eq!(policy.base_delay(u32::MAX), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn restart_delay_jitter_stays_within_bounds() {
+        let policy = RestartPolicy {
+            mode: RestartMode::OnFailure,
+            max_attempts: 10,
+            backoff: DurationSpec::from_secs(1),
+            max_backoff: DurationSpec::from_secs(4),
+        };
+        assert_eq!(policy.delay(1, 0.0), Duration::from_secs(1));
+        assert_eq!(policy.delay(1, -1.0), Duration::from_millis(800));
+        assert_eq!(policy.delay(1, 1.0), Duration::from_millis(1200));
+        assert_eq!(policy.delay(1, 7.0), Duration::from_millis(1200), "clamped");
+        assert_eq!(policy.delay(1, f64::NAN), Duration::from_secs(1));
+        // At the cap, jitter can only shorten the delay.
+        assert_eq!(policy.delay(5, 1.0), Duration::from_secs(4));
+        assert_eq!(policy.delay(5, -1.0), Duration::from_millis(3200));
     }
 
     #[test]

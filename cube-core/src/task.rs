@@ -153,8 +153,11 @@ pub struct Task {
     pub started_at: Option<Timestamp>,
     /// When the task reached a terminal state.
     pub finished_at: Option<Timestamp>,
-    /// How many times the task was restarted.
+    /// How many times the task was restarted by its restart policy.
     pub restart_count: u32,
+    /// When the worker starts the next attempt, while the task waits out a restart back-off.
+    #[serde(default)]
+    pub next_attempt_at: Option<Timestamp>,
     /// Last error reported for the task, such as a failed start.
     pub last_error: Option<String>,
     /// Exit code of the last container that exited.
@@ -179,6 +182,7 @@ impl Task {
             started_at: None,
             finished_at: None,
             restart_count: 0,
+            next_attempt_at: None,
             last_error: None,
             exit_code: None,
             pending_reason: None,
@@ -188,8 +192,9 @@ impl Task {
     /// Moves the task to `to` and returns the event that records the change.
     ///
     /// This is the only place a task's observed state changes. Reaching a terminal state sets
-    /// `finished_at`; reaching `running` sets `started_at`. The returned event's sequence
-    /// number is 0 until the store assigns one.
+    /// `finished_at`; reaching `running` sets `started_at`. Every state but `scheduled` clears
+    /// `next_attempt_at`, since only a scheduled task waits for a restart. The returned
+    /// event's sequence number is 0 until the store assigns one.
     ///
     /// # Errors
     ///
@@ -210,6 +215,9 @@ impl Task {
             });
         }
         self.state = to;
+        if to != TaskState::Scheduled {
+            self.next_attempt_at = None;
+        }
         match to {
             TaskState::Running => self.started_at = Some(now),
             TaskState::Completed | TaskState::Failed => self.finished_at = Some(now),
@@ -314,6 +322,29 @@ mod tests {
         task.transition(TaskState::Completed, STOPPED_BY_USER, now)
             .unwrap();
         assert_eq!(task.finished_at, Some(now));
+    }
+
+    #[test]
+    fn transition_clears_next_attempt_unless_scheduled() {
+        let now = Utc::now();
+        let mut task = Task::new(TaskId::generate(), TaskSpec::new("t", "i"), now);
+        task.state = TaskState::Running;
+        task.next_attempt_at = Some(now);
+        task.transition(TaskState::Scheduled, "restarting", now)
+            .unwrap();
+        assert_eq!(task.next_attempt_at, Some(now), "scheduled keeps it");
+        task.transition(TaskState::Running, "restarted", now)
+            .unwrap();
+        assert_eq!(task.next_attempt_at, None);
+    }
+
+    #[test]
+    fn task_without_next_attempt_field_decodes() {
+        let task = Task::new(TaskId::generate(), TaskSpec::new("t", "i"), Utc::now());
+        let mut json = serde_json::to_value(&task).unwrap();
+        json.as_object_mut().unwrap().remove("next_attempt_at");
+        let decoded: Task = serde_json::from_value(json).unwrap();
+        assert_eq!(decoded, task);
     }
 
     #[test]

@@ -77,6 +77,9 @@ pub struct TaskView {
     pub finished_at: Option<Timestamp>,
     /// Restarts so far.
     pub restart_count: u32,
+    /// When the next attempt starts, while the task waits out a restart back-off.
+    #[serde(default)]
+    pub next_attempt_at: Option<Timestamp>,
     /// Last error reported.
     pub last_error: Option<String>,
     /// Exit code of the last container that exited.
@@ -103,6 +106,7 @@ impl From<&Task> for TaskView {
             started_at: task.started_at,
             finished_at: task.finished_at,
             restart_count: task.restart_count,
+            next_attempt_at: task.next_attempt_at,
             last_error: task.last_error.clone(),
             exit_code: task.exit_code,
             pending_reason: task.pending_reason.clone(),

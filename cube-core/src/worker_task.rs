@@ -33,6 +33,8 @@ impl PortMapping {
 }
 
 /// A task as its worker knows it: one attempt, its container and what became of it.
+///
+/// A local restart replaces `attempt` with a new one and records the old one in `replaces`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerTask {
     /// The task.
@@ -43,7 +45,8 @@ pub struct WorkerTask {
     pub spec: TaskSpec,
     /// Host ports to bind.
     pub ports: Vec<PortMapping>,
-    /// Observed state of the attempt: scheduled, running, completed or failed.
+    /// Observed state of the attempt: scheduled (also while a restart waits), running,
+    /// completed or failed.
     pub state: TaskState,
     /// Container, once created.
     pub container_id: Option<ContainerId>,
@@ -61,4 +64,13 @@ pub struct WorkerTask {
     pub started_at: Option<Timestamp>,
     /// When the attempt ended.
     pub finished_at: Option<Timestamp>,
+    /// Restarts made under the task's restart policy since the manager placed it here.
+    #[serde(default)]
+    pub restart_count: u32,
+    /// When the next attempt starts, while the task waits out a restart back-off.
+    #[serde(default)]
+    pub next_attempt_at: Option<Timestamp>,
+    /// The attempt that `attempt` replaces, when the worker started it as a local restart.
+    #[serde(default)]
+    pub replaces: Option<AttemptId>,
 }

@@ -2,8 +2,9 @@
 //! applies what they report.
 //!
 //! The HTTP edge ([`crate::http`]) and embedding code send it [`CreateTask`], [`GetTask`],
-//! [`GetTasks`], [`RequestStop`], [`AddWorker`] and [`ListNodes`]. Workers send it
-//! [`WorkerReport`]s through the weak recipient it hands them in [`SubscribeReports`]. It
+//! [`GetTasks`], [`RequestStop`], [`AddWorker`], [`ListNodes`] and [`GetSpecLimits`].
+//! Workers send it [`WorkerReport`]s through the weak recipient it hands them in
+//! [`SubscribeReports`], and a watched [`crate::RemoteWorker`] sends [`ReportStreamChanged`]. It
 //! requests placements from the [`Scheduler`] and sends [`StartTask`] and [`StopTask`]
 //! through each worker's [`WorkerHandle`].
 //!
@@ -18,9 +19,13 @@
 //!   stays `pending` with the reason and is tried again whenever capacity appears (a node
 //!   joins or changes, a task releases its allocation).
 //! - Each placement is a new attempt; reports about any other attempt, and reports whose
-//!   per-worker sequence number was already seen, are ignored.
+//!   per-worker sequence number was already seen, are ignored. The one exception is a
+//!   worker's local restart: a report whose `replaces` names the current attempt on the same
+//!   node moves the task to the new attempt, and the allocation stays booked meanwhile.
 //! - A task's allocation is released exactly once, when it reaches a terminal state or goes
 //!   back to `pending`.
+//! - A node that a command cannot reach or that times out, or whose report stream breaks, is
+//!   marked `unreachable` and skipped by every policy until it reports again.
 //!
 //! # Caveats
 //!
@@ -39,14 +44,15 @@ use cube_core::messages::{
     CommandError, ReportBody, StartTask, StopTask, SubscribeReports, TaskStatusReport,
     WorkerHandle, WorkerReport,
 };
-use cube_core::node::NodeDescription;
+use cube_core::node::{NodeDescription, NodeStatus};
 use cube_core::scheduler::{Unplaced, policy_by_name};
-use cube_core::spec::TaskSpec;
+use cube_core::spec::{SpecLimits, TaskSpec};
 use cube_core::store::{Batch, NodeRecord, Operation, Store};
 use cube_core::task::{DesiredState, PortBinding, STOPPED_BY_USER, Task, TaskState};
 use cube_core::wire::NodeView;
 
 use crate::error::error_chain;
+use crate::remote_worker::ReportStreamChanged;
 use crate::scheduler::{
     Assignment, GetNodes, NodeJoined, NodeUpdated, PlaceRequest, PlaceTasks, ReleaseTask, Scheduler,
 };
@@ -119,6 +125,11 @@ pub struct AddWorker {
 #[rtype(result = "Result<Vec<NodeView>, Error>")]
 pub struct ListNodes;
 
+/// Returns the upper bounds that submitted specs' resources are checked against.
+#[derive(Debug, Clone, Copy, Default, Message)]
+#[rtype(result = "SpecLimits")]
+pub struct GetSpecLimits;
+
 /// Runs a placement pass over the queued tasks.
 #[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
@@ -133,14 +144,17 @@ struct WorkerEntry {
     publish_address: String,
     /// Highest report sequence number applied from this worker.
     last_seq: u64,
+    /// Whether a command or the report stream failed since the last report, so the
+    /// scheduler marks the node `unreachable`.
+    unreachable: bool,
 }
 
 /// Accepts tasks, places them and reconciles what workers report.
 ///
 /// Handles [`CreateTask`], [`GetTask`], [`GetTasks`], [`RequestStop`], [`AddWorker`],
-/// [`ListNodes`] and [`WorkerReport`]. Sends [`PlaceTasks`], [`ReleaseTask`], [`NodeJoined`]
-/// and [`NodeUpdated`] to its [`Scheduler`], and [`StartTask`], [`StopTask`] and
-/// [`SubscribeReports`] to workers.
+/// [`ListNodes`], [`GetSpecLimits`], [`WorkerReport`] and [`ReportStreamChanged`]. Sends
+/// [`PlaceTasks`], [`ReleaseTask`], [`NodeJoined`] and [`NodeUpdated`] to its [`Scheduler`],
+/// and [`StartTask`], [`StopTask`] and [`SubscribeReports`] to workers.
 pub struct Manager {
     config: ManagerConfig,
     store: Box<dyn Store>,
@@ -390,6 +404,14 @@ impl Handler<ListNodes> for Manager {
     }
 }
 
+impl Handler<GetSpecLimits> for Manager {
+    type Result = MessageResult<GetSpecLimits>;
+
+    fn handle(&mut self, _: GetSpecLimits, _: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.config.spec_limits)
+    }
+}
+
 impl Handler<WorkerReport> for Manager {
     type Result = ();
 
@@ -409,6 +431,9 @@ impl Handler<WorkerReport> for Manager {
             return;
         }
         entry.last_seq = report.seq;
+        if std::mem::take(&mut entry.unreachable) {
+            self.mark_reachable(&report.node, ctx);
+        }
 
         match report.body {
             ReportBody::Heartbeat(heartbeat) => {
@@ -430,6 +455,22 @@ impl Handler<WorkerReport> for Manager {
                 ctx.spawn(changed);
             }
             ReportBody::TaskStatus(status) => self.apply_status(&report.node, status, ctx),
+        }
+    }
+}
+
+impl Handler<ReportStreamChanged> for Manager {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReportStreamChanged, ctx: &mut Context<Self>) {
+        if !msg.connected {
+            self.mark_unreachable(&msg.node, &msg.reason);
+            return;
+        }
+        if let Some(entry) = self.workers.get_mut(&msg.node)
+            && std::mem::take(&mut entry.unreachable)
+        {
+            self.mark_reachable(&msg.node, ctx);
         }
     }
 }
@@ -643,10 +684,8 @@ impl Manager {
 
         let node = task.node.clone();
         warn!("task start failed task_id={task_id} attempt={attempt} error={error}");
-        if matches!(
-            error,
-            CommandError::TimedOut { .. } | CommandError::Unreachable { .. }
-        ) {
+        let contact_lost = is_contact_lost(&error);
+        if contact_lost {
             // The worker may have recorded the attempt after all; make sure it never runs.
             let task = task.clone();
             self.send_stop(&task, ctx);
@@ -667,7 +706,7 @@ impl Manager {
         };
         task.last_error = Some(error.to_string());
         if state == TaskState::Pending {
-            let node = node.map(|node| node.to_string()).unwrap_or_default();
+            let node = node.as_ref().map(NodeId::to_string).unwrap_or_default();
             task.pending_reason = Some(format!("start on node {node} failed: {error}"));
             task.node = None;
             task.attempt = None;
@@ -680,18 +719,33 @@ impl Manager {
         // Retry only when capacity changes, so a worker that rejects every start does not
         // spin; the release below is not such a change.
         self.release_quietly(task_id);
+        if contact_lost && let Some(node) = &node {
+            self.mark_unreachable(node, &error.to_string());
+        }
         if state == TaskState::Pending {
-            self.waiting.push_back(task_id);
+            if contact_lost {
+                // The scheduler now skips the silent node, so another node may take the task
+                // at once without a spin.
+                self.queued.push_back(task_id);
+                ctx.notify(PlacePending);
+            } else {
+                self.waiting.push_back(task_id);
+            }
         }
     }
 
     /// Applies one task status report from `node`.
+    ///
+    /// After a local restart, a report about the new attempt is accepted only when its
+    /// `replaces` names the current attempt on the same node. The task then switches to it.
     fn apply_status(&mut self, node: &NodeId, status: TaskStatusReport, ctx: &mut Context<Self>) {
         let Some(task) = self.tasks.get(&status.task_id) else {
             debug!("report for unknown task ignored task_id={}", status.task_id);
             return;
         };
-        if task.attempt != Some(status.attempt) || task.node.as_ref() != Some(node) {
+        let replaces_current = status.replaces.is_some() && status.replaces == task.attempt;
+        let known_attempt = task.attempt == Some(status.attempt) || replaces_current;
+        if !known_attempt || task.node.as_ref() != Some(node) {
             debug!(
                 "report for another attempt ignored task_id={} attempt={} node_id={node}",
                 status.task_id, status.attempt
@@ -700,9 +754,25 @@ impl Manager {
         }
 
         let mut task = task.clone();
+        let switched = task.attempt != Some(status.attempt);
+        if switched {
+            debug!(
+                "task switches to restarted attempt task_id={} attempt={} replaces={}",
+                task.id,
+                status.attempt,
+                status.replaces.map(|a| a.to_string()).unwrap_or_default()
+            );
+            task.attempt = Some(status.attempt);
+            task.container_id = None;
+        }
+        task.restart_count = task.restart_count.max(status.restart_count);
         let event = match status.state {
+            // A running report of a new attempt whose restart wait was never reported.
+            TaskState::Running if task.state == TaskState::Running && switched => None,
             TaskState::Running if task.state == TaskState::Running => return,
-            TaskState::Running => self.transition(&mut task, TaskState::Running, status.reason),
+            TaskState::Running => {
+                Some(self.transition(&mut task, TaskState::Running, status.reason))
+            }
             TaskState::Completed | TaskState::Failed => {
                 let (state, reason) = if task.desired_state == DesiredState::Stopped {
                     (TaskState::Completed, STOPPED_BY_USER.to_owned())
@@ -713,9 +783,28 @@ impl Manager {
                     task.last_error = Some(status.reason);
                 }
                 task.exit_code = status.exit_code.or(task.exit_code);
-                self.transition(&mut task, state, reason)
+                Some(self.transition(&mut task, state, reason))
             }
-            TaskState::Pending | TaskState::Scheduled | TaskState::Lost => {
+            TaskState::Scheduled if task.state.is_terminal() => return,
+            TaskState::Scheduled => {
+                // The worker waits out a restart back-off; the allocation stays booked.
+                task.next_attempt_at = status.next_attempt_at;
+                task.exit_code = status.exit_code.or(task.exit_code);
+                if status.exit_code != Some(0) {
+                    task.last_error = Some(status.reason.clone());
+                }
+                if task.state == TaskState::Scheduled {
+                    // A restarted attempt failed to start: no state change, so no event.
+                    info!(
+                        "task restart pending task_id={} reason={}",
+                        task.id, status.reason
+                    );
+                    None
+                } else {
+                    Some(self.transition(&mut task, TaskState::Scheduled, status.reason))
+                }
+            }
+            TaskState::Pending | TaskState::Lost => {
                 debug!(
                     "report of state {} ignored task_id={}",
                     status.state, status.task_id
@@ -723,8 +812,8 @@ impl Manager {
                 return;
             }
         };
-        let event = match event {
-            Ok(event) => event,
+        let events = match event.transpose() {
+            Ok(event) => event.into_iter().collect(),
             Err(error) => {
                 debug!("report ignored: {error}");
                 return;
@@ -738,13 +827,18 @@ impl Manager {
         }
 
         let terminal = task.state.is_terminal();
+        // A stop sent while the worker restarted named the replaced attempt; send it again.
+        let stop_again = !terminal && task.desired_state == DesiredState::Stopped;
         let task_id = task.id;
-        if let Err(error) = self.commit(task, vec![event]) {
+        if let Err(error) = self.commit(task.clone(), events) {
             error!("{}", error_chain(&error));
             return;
         }
         if terminal {
             self.release(task_id, ctx);
+        }
+        if stop_again {
+            self.send_stop(&task, ctx);
         }
     }
 
@@ -768,15 +862,60 @@ impl Manager {
         };
         let timeout = self.config.command_timeout;
         let task_id = task.id;
+        let node = node.clone();
         let sent = async move { handle.stop_task(stop, timeout).await }
             .into_actor(self)
-            .map(move |result, _, _| {
+            .map(move |result, act, _| {
                 // TODO: retry the stop from a periodic reconciliation pass.
                 if let Err(error) = result {
                     warn!("failed to send stop to worker task_id={task_id} error={error}");
+                    if is_contact_lost(&error) {
+                        act.mark_unreachable(&node, &error.to_string());
+                    }
                 }
             });
         ctx.spawn(sent);
+    }
+
+    /// Marks `node` unreachable after a failed command or report stream, so the scheduler
+    /// skips it until its next report arrives.
+    fn mark_unreachable(&mut self, node: &NodeId, reason: &str) {
+        let Some(entry) = self.workers.get_mut(node) else {
+            return;
+        };
+        if std::mem::replace(&mut entry.unreachable, true) {
+            return;
+        }
+        warn!("node unreachable node_id={node} error={reason}");
+        self.scheduler.do_send(NodeUpdated {
+            node: node.clone(),
+            capacity: None,
+            metrics: None,
+            status: Some(NodeStatus::Unreachable),
+        });
+    }
+
+    /// Marks `node` ready again because a report arrived from it, and tries the waiting tasks.
+    fn mark_reachable(&mut self, node: &NodeId, ctx: &mut Context<Self>) {
+        info!("node reachable again node_id={node}");
+        // NOTE: this replaces any other status the scheduler holds for the node, such as
+        // `draining`; nothing in the manager sets such a status yet.
+        let update = NodeUpdated {
+            node: node.clone(),
+            capacity: None,
+            metrics: None,
+            status: Some(NodeStatus::Ready),
+        };
+        let updated = self
+            .scheduler
+            .send(update)
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                if let Ok(true) = result {
+                    act.capacity_changed(ctx);
+                }
+            });
+        ctx.spawn(updated);
     }
 
     /// Releases `task_id`'s allocation and, because capacity grew, tries the waiting tasks.
@@ -864,6 +1003,7 @@ impl Manager {
                 address,
                 publish_address: description.publish_address.clone(),
                 last_seq,
+                unreachable: false,
             },
         );
         self.scheduler.do_send(NodeJoined {
@@ -878,4 +1018,13 @@ impl Manager {
         self.capacity_changed(ctx);
         Ok(node)
     }
+}
+
+/// Whether `error` means the worker could not be reached or did not respond in time, as
+/// opposed to a response that rejected the command.
+fn is_contact_lost(error: &CommandError) -> bool {
+    matches!(
+        error,
+        CommandError::TimedOut { .. } | CommandError::Unreachable { .. }
+    )
 }

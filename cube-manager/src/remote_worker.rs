@@ -7,7 +7,9 @@
 //! Reports are read from the worker's `GET /events?after=SEQ` stream (one JSON
 //! [`WorkerReport`] per line) and forwarded to the subscribed weak recipient. After a
 //! dropped connection the bridge reconnects with back-off and resumes after the last sequence
-//! number it forwarded, so no report is lost or repeated.
+//! number it forwarded, so no report is lost or repeated. A bridge made with
+//! [`RemoteWorker::connect_watched`] also sends [`ReportStreamChanged`] when the stream is
+//! lost and when it opens again, so that the manager can skip the node in between.
 //!
 //! The worker's API, as this bridge uses it:
 //!
@@ -70,6 +72,18 @@ impl Default for RemoteWorkerConfig {
     }
 }
 
+/// The report stream of a remote worker was lost or opened again.
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct ReportStreamChanged {
+    /// The worker's node.
+    pub node: NodeId,
+    /// Whether the stream is open now.
+    pub connected: bool,
+    /// Why the stream was lost; empty when it opened.
+    pub reason: String,
+}
+
 /// Failure of [`RemoteWorker::connect`].
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -114,6 +128,7 @@ pub struct RemoteWorker {
     stream_client: Client,
     config: RemoteWorkerConfig,
     stream: Option<SpawnHandle>,
+    watcher: Option<WeakRecipient<ReportStreamChanged>>,
 }
 
 impl fmt::Debug for RemoteWorker {
@@ -141,6 +156,28 @@ impl RemoteWorker {
         address: &str,
         config: RemoteWorkerConfig,
     ) -> Result<WorkerHandle, ConnectError> {
+        Self::start_bridge(address, config, None).await
+    }
+
+    /// Connects as [`RemoteWorker::connect`] does, and sends `watcher` a
+    /// [`ReportStreamChanged`] each time the report stream is lost or opens again.
+    ///
+    /// # Errors
+    ///
+    /// Returns what [`RemoteWorker::connect`] returns.
+    pub async fn connect_watched(
+        address: &str,
+        config: RemoteWorkerConfig,
+        watcher: WeakRecipient<ReportStreamChanged>,
+    ) -> Result<WorkerHandle, ConnectError> {
+        Self::start_bridge(address, config, Some(watcher)).await
+    }
+
+    async fn start_bridge(
+        address: &str,
+        config: RemoteWorkerConfig,
+        watcher: Option<WeakRecipient<ReportStreamChanged>>,
+    ) -> Result<WorkerHandle, ConnectError> {
         let base = parse_base_url(address)?;
         let client_error = |source| ConnectError::Client {
             url: base.to_string(),
@@ -167,6 +204,7 @@ impl RemoteWorker {
             stream_client,
             config,
             stream: None,
+            watcher,
         }
         .start();
         Ok(WorkerHandle::from_addr(node, &actor))
@@ -263,6 +301,8 @@ impl Handler<SubscribeReports> for RemoteWorker {
             recipient: msg.recipient,
             after: msg.after,
             idle_timeout: self.config.stream_idle_timeout,
+            watcher: self.watcher.clone(),
+            lost: false,
         };
         // Spawned on this actor's context, so the stream closes when the bridge stops.
         self.stream = Some(ctx.spawn(actix::fut::wrap_future(follower.run())));
@@ -280,6 +320,9 @@ struct EventFollower {
     /// Sequence number of the last report forwarded.
     after: u64,
     idle_timeout: Duration,
+    watcher: Option<WeakRecipient<ReportStreamChanged>>,
+    /// Whether the watcher was last told that the stream is lost.
+    lost: bool,
 }
 
 /// Why one connection to the event stream ended.
@@ -330,12 +373,13 @@ impl EventFollower {
                 }
             };
             failures += 1;
-            // Log the first failure in a row as a warning, repeats only at debug level.
+            // Log and report the first failure in a row, repeats only at debug level.
             if failures == 1 {
                 warn!(
                     "event stream of worker lost, reconnecting node_id={} after={} error={reason}",
                     self.node, self.after
                 );
+                self.tell_watcher(false, reason.clone());
             } else {
                 debug!(
                     "event stream of worker still down node_id={} attempts={failures} error={reason}",
@@ -359,6 +403,9 @@ impl EventFollower {
             }
             Err(error) => return StreamEnd::before_connecting(error_text(&error)),
         };
+        if self.lost {
+            self.tell_watcher(true, String::new());
+        }
 
         let mut body = response.bytes_stream();
         let mut buffer = Vec::new();
@@ -382,6 +429,19 @@ impl EventFollower {
                 }
             }
         }
+    }
+
+    /// Sends the watcher, if any, whether the stream is open now.
+    fn tell_watcher(&mut self, connected: bool, reason: String) {
+        self.lost = !connected;
+        let Some(watcher) = self.watcher.as_ref().and_then(WeakRecipient::upgrade) else {
+            return;
+        };
+        watcher.do_send(ReportStreamChanged {
+            node: self.node.clone(),
+            connected,
+            reason,
+        });
     }
 
     /// Parses one NDJSON line and forwards the report unless it was already forwarded.

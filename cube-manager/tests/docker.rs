@@ -1,10 +1,11 @@
 //! The in-process cluster on the local Docker Engine with the `cube-test/busybox:latest`
-//! image: a web server reachable on its dynamic port, stop removing the container, and a
-//! missing image failing the task.
+//! image: a web server reachable on its dynamic port, stop removing the container, a missing
+//! image failing the task, and two tasks on one fixed host port.
 //!
 //! Containers carry the label `cube-test.run=<run id>`; a guard removes exactly those when
 //! the test ends, passed or not. No test pulls: every spec uses pull policy `never`.
 
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -12,7 +13,7 @@ use cube_core::node::DeclaredCapacity;
 use cube_core::resources::ByteSize;
 use cube_core::spec::TaskSpec;
 use cube_core::task::TaskState;
-use cube_manager::cluster::{Cluster, ClusterBuilder};
+use cube_manager::cluster::{Cluster, ClusterBuilder, WorkerOptions};
 use cube_worker::docker::DockerConfig;
 
 use crate::util::*;
@@ -90,6 +91,10 @@ fn ensure_image() {
     }
 }
 
+/// Publish address of [`start_docker_cluster`]'s worker: not 127.0.0.1, where other
+/// processes' clusters hand out the same dynamic ports.
+const WEB_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 22);
+
 async fn start_docker_cluster() -> Cluster {
     init_logging();
     let capacity = DeclaredCapacity {
@@ -100,7 +105,11 @@ async fn start_docker_cluster() -> Cluster {
     bounded(
         ClusterBuilder::new()
             .docker(DockerConfig::default())
-            .worker("docker-1", capacity)
+            .worker_with(WorkerOptions {
+                name: "docker-1".to_owned(),
+                capacity,
+                publish_address: Some(IpAddr::V4(WEB_ADDRESS)),
+            })
             .start(),
         "cluster did not start: is the Docker Engine running (systemctl start docker)?",
     )
@@ -139,11 +148,7 @@ async fn web_example_serves_its_page_and_stop_removes_it() {
     assert_eq!(running.state, TaskState::Running, "{running:#?}");
 
     let binding = running.host_ports.first().expect("a bound host port");
-    assert!(
-        binding.host_ip.starts_with("127."),
-        "published on {}",
-        binding.host_ip
-    );
+    assert_eq!(binding.host_ip, WEB_ADDRESS.to_string());
     let url = format!("http://{}:{}/", binding.host_ip, binding.host_port);
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let page = wait_until(
@@ -194,6 +199,9 @@ async fn missing_image_fails_task_naming_image() {
     let image = format!("cube-test/missing-{}:latest", guard.run_id);
     let mut spec = web_spec(&guard);
     spec.image = image.clone();
+    // Each failed start is retried under the default policy; a short back-off keeps the
+    // three restarts well inside the wait.
+    spec.restart_policy.backoff = cube_core::duration::DurationSpec::from_millis(100);
 
     let task = submit(&cluster.manager, spec).await;
 
@@ -211,4 +219,94 @@ async fn missing_image_fails_task_naming_image() {
         guard.containers(&[]).is_empty(),
         "a container was left behind"
     );
+}
+
+/// Publish address of the port conflict test's worker, used by no other test.
+const CONFLICT_ADDRESS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 23);
+
+#[actix::test]
+async fn docker_fixed_port_conflict_leaves_second_pending() {
+    let guard = RunGuard::new();
+    init_logging();
+    // A port that is free on the address now; the worker publishes there and nowhere else.
+    let host_port = TcpListener::bind((CONFLICT_ADDRESS, 0))
+        .expect("bind 127.0.0.23: is the whole of 127.0.0.0/8 on loopback?")
+        .local_addr()
+        .unwrap()
+        .port();
+    let cluster = bounded(
+        ClusterBuilder::new()
+            .docker(DockerConfig::default())
+            .worker_with(WorkerOptions {
+                name: "docker-ports".to_owned(),
+                capacity: DeclaredCapacity {
+                    cpu: Some(2.0),
+                    memory: Some(ByteSize::gib(1)),
+                    disk: Some(ByteSize::gib(10)),
+                },
+                publish_address: Some(IpAddr::V4(CONFLICT_ADDRESS)),
+            })
+            .start(),
+        "cluster did not start: is the Docker Engine running?",
+    )
+    .await
+    .expect("cluster connects to Docker");
+    let mut web = web_spec(&guard);
+    web.ports = vec![port(80, Some(host_port))];
+
+    let first = submit(&cluster.manager, web.clone()).await;
+    let second = submit(&cluster.manager, web).await;
+
+    let running = wait_for_task(
+        &cluster.manager,
+        first.id,
+        "first web task never ran: is the image present and the engine healthy?",
+        |task| task.state == TaskState::Running || task.state.is_terminal(),
+    )
+    .await;
+    assert_eq!(running.state, TaskState::Running, "{running:#?}");
+    let binding = running.host_ports.first().expect("a bound host port");
+    assert_eq!(binding.host_ip, CONFLICT_ADDRESS.to_string());
+    assert_eq!(binding.host_port, host_port);
+    let url = format!("http://{CONFLICT_ADDRESS}:{host_port}/");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let page = wait_until(
+        Duration::from_secs(10),
+        "httpd did not answer on its fixed port",
+        || async {
+            let response = client.get(&url).send().await.ok()?;
+            response.status().is_success().then_some(())?;
+            response.text().await.ok()
+        },
+    )
+    .await;
+    assert!(page.contains("hello from cube"), "{page}");
+
+    let pending = wait_for_task(
+        &cluster.manager,
+        second.id,
+        "second web task should record why it waits",
+        |task| task.pending_reason.is_some(),
+    )
+    .await;
+    assert_eq!(pending.state, TaskState::Pending);
+    assert_eq!(
+        pending.pending_reason,
+        Some(format!("1 node evaluated: 1 has port {host_port} in use"))
+    );
+    assert_eq!(
+        guard.containers(&[]).len(),
+        1,
+        "the second task got a container"
+    );
+
+    stop(&cluster.manager, first.id).await;
+    stop(&cluster.manager, second.id).await;
+    wait_for_task(
+        &cluster.manager,
+        first.id,
+        "first web task did not end",
+        |task| task.state.is_terminal(),
+    )
+    .await;
 }

@@ -7,10 +7,12 @@ use actix::prelude::*;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
+use cube_core::resources::ByteSize;
+use cube_core::spec::SpecLimits;
 use cube_core::task::TaskState;
 use cube_core::wire::{ErrorBody, NodeView, TaskView};
-use cube_manager::Manager;
 use cube_manager::http::{HttpConfig, serve};
+use cube_manager::{Manager, ManagerConfig};
 
 use crate::util::fake_worker::FakeOptions;
 use crate::util::*;
@@ -25,7 +27,11 @@ struct Api {
 
 impl Api {
     async fn start() -> Api {
-        let manager = start_manager();
+        Api::start_with(round_robin_config()).await
+    }
+
+    async fn start_with(config: ManagerConfig) -> Api {
+        let manager = start_manager_with(config);
         let bind: SocketAddr = "127.0.0.1:0".parse().unwrap();
         let config = HttpConfig {
             body_limit: 64 * 1024,
@@ -163,26 +169,103 @@ async fn negative_memory_is_named() {
     api.stop().await;
 }
 
+/// Limits small enough that each case's message shows the configured maximum.
+const LIMITS: SpecLimits = SpecLimits {
+    max_cpu: 8.0,
+    max_memory: ByteSize::gib(2),
+    max_disk: ByteSize::gib(3),
+};
+
 #[actix::test]
-async fn out_of_range_values_are_named() {
-    let api = Api::start().await;
+async fn out_of_range_values_name_field_and_range() {
+    let api = Api::start_with(ManagerConfig {
+        spec_limits: LIMITS,
+        ..round_robin_config()
+    })
+    .await;
+    let memory_range = "1 to 2147483648 bytes";
+    let cpu_range = "at most 8";
     let cases = [
-        ("memory", json!(0)),
-        ("memory", json!(18446744073709551616_f64)),
-        ("cpu", json!(-0.5)),
-        ("cpu", json!(1e30)),
-        ("cpu", json!("two")),
+        ("memory", json!(-1), memory_range),
+        ("memory", json!(0), memory_range),
+        ("memory", json!(18446744073709551616_f64), memory_range),
+        ("memory", json!("3GiB"), memory_range),
+        ("cpu", json!(-0.5), cpu_range),
+        ("cpu", json!(0), cpu_range),
+        ("cpu", json!(1e30), cpu_range),
+        ("cpu", json!(9), cpu_range),
+        ("cpu", json!("two"), cpu_range),
+        ("disk", json!(-1), "0 to 3221225472 bytes"),
+        ("disk", json!("4GiB"), "0 to 3221225472 bytes"),
     ];
-    for (field, value) in cases {
+    for (field, value, range) in cases {
         let mut body = valid_body();
         body[field] = value.clone();
 
         let (status, body) = api.post(body).await;
 
         assert_eq!(status, StatusCode::BAD_REQUEST, "{field} = {value}");
-        assert_eq!(error_body(body).field.as_deref(), Some(field), "{value}");
+        let error = error_body(body);
+        assert_eq!(error.field.as_deref(), Some(field), "{value}");
+        assert!(
+            error.error.contains(range),
+            "{field} = {value}: {}",
+            error.error
+        );
     }
     api.assert_nothing_stored().await;
+    api.stop().await;
+}
+
+#[actix::test]
+async fn repeated_host_port_is_named() {
+    let api = Api::start().await;
+    let mut body = valid_body();
+    body["ports"] = json!([
+        {"container_port": 80, "host_port": 18080},
+        {"container_port": 81, "host_port": 18080},
+    ]);
+
+    let (status, body) = api.post(body).await;
+
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let error = error_body(body);
+    assert_eq!(error.field.as_deref(), Some("ports[1].host_port"));
+    assert!(error.error.contains("18080"), "{}", error.error);
+    api.assert_nothing_stored().await;
+    api.stop().await;
+}
+
+#[actix::test]
+async fn task_within_maximum_but_larger_than_nodes_stays_pending() {
+    let api = Api::start_with(ManagerConfig {
+        spec_limits: LIMITS,
+        ..round_robin_config()
+    })
+    .await;
+    let small = FakeOptions {
+        capacity: cube_core::resources::Resources {
+            cpu: 4.0,
+            memory: ByteSize::mib(256),
+            disk: ByteSize::gib(1),
+        },
+        ..FakeOptions::default()
+    };
+    add_fake(&api.manager, "w1", small).await;
+    let mut body = valid_body();
+    body["memory"] = json!("1GiB");
+
+    let (status, created) = api.post(body).await;
+
+    assert_eq!(status, StatusCode::CREATED);
+    let id = created["id"].as_str().unwrap().to_owned();
+    let task = wait_until(WAIT, "pending reason never appeared", || async {
+        let (_, task) = api.get(&format!("/tasks/{id}")).await;
+        task["pending_reason"].is_string().then_some(task)
+    })
+    .await;
+    assert_eq!(task["state"], "pending");
+    assert_eq!(task["pending_reason"], "1 node evaluated: 1 lacks memory");
     api.stop().await;
 }
 
@@ -273,7 +356,10 @@ async fn nodes_show_capacity_allocation_and_free() {
     let (_, empty) = api.get("/nodes").await;
     assert_eq!(empty, json!([]));
     add_fake(&api.manager, "w1", FakeOptions::default()).await;
-    let (_, created) = api.post(valid_body()).await;
+    let mut body = valid_body();
+    body["cpu"] = json!(0.5);
+    body["disk"] = json!("1GiB");
+    let (_, created) = api.post(body).await;
     let id = created["id"].as_str().unwrap().to_owned();
     wait_until(WAIT, "task never left pending", || async {
         let (_, task) = api.get(&format!("/tasks/{id}")).await;
@@ -294,6 +380,24 @@ async fn nodes_show_capacity_allocation_and_free() {
         node.free.memory.bytes(),
         node.capacity.memory.bytes() - 16 * 1024 * 1024
     );
+    assert_eq!(node.allocated.cpu, 0.5);
+    assert_eq!(node.free.cpu, node.capacity.cpu - 0.5);
+    assert_eq!(node.allocated.disk, ByteSize::gib(1));
+    assert_eq!(
+        node.free.disk.bytes(),
+        node.capacity.disk.bytes() - (1 << 30)
+    );
+
+    // Stopping the task gives every resource back.
+    api.delete(&format!("/tasks/{id}")).await;
+    let node = wait_until(WAIT, "allocation never returned to zero", || async {
+        let (_, body) = api.get("/nodes").await;
+        let nodes: Vec<NodeView> = serde_json::from_value(body).ok()?;
+        (nodes[0].task_count == 0).then(|| nodes[0].clone())
+    })
+    .await;
+    assert_eq!(node.allocated, cube_core::resources::Resources::default());
+    assert_eq!(node.free, node.capacity);
     api.stop().await;
 }
 

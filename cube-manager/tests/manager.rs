@@ -7,13 +7,16 @@ use actix::prelude::*;
 
 use cube_core::ids::{AttemptId, TaskId};
 use cube_core::messages::{ReportBody, WorkerReport};
+use cube_core::node::NodeStatus;
 use cube_core::resources::{ByteSize, Resources};
 use cube_core::task::{DesiredState, STOPPED_BY_USER, Task, TaskState};
+use cube_core::wire::NodeView;
 use cube_manager::manager::{CreateTask, GetTasks};
-use cube_manager::{Error, Manager};
+use cube_manager::{Error, Manager, ManagerConfig, PortRange};
 
 use crate::util::fake_worker::{
-    Commands, Emit, EmitRaw, FakeOptions, FakeWorker, GetCommands, heartbeat, status,
+    Commands, Emit, EmitRaw, FakeOptions, FakeWorker, GetCommands, SetUnreachable, heartbeat,
+    status,
 };
 use crate::util::*;
 
@@ -287,17 +290,15 @@ async fn stop_during_start_still_stops_worker() {
 }
 
 #[actix::test]
-async fn unplaceable_task_waits_for_a_node_that_fits() {
+async fn task_larger_than_every_node_waits_for_one_that_fits() {
     let manager = start_manager();
-    add_fake(
-        &manager,
-        "small",
-        FakeOptions {
+    for name in ["small-1", "small-2"] {
+        let options = FakeOptions {
             capacity: mib(256),
             ..FakeOptions::default()
-        },
-    )
-    .await;
+        };
+        add_fake(&manager, name, options).await;
+    }
     let task = submit(&manager, spec_with_memory("big", 1024)).await;
 
     let pending = wait_for_task(
@@ -310,7 +311,7 @@ async fn unplaceable_task_waits_for_a_node_that_fits() {
     assert_eq!(pending.state, TaskState::Pending);
     assert_eq!(
         pending.pending_reason.as_deref(),
-        Some("1 node evaluated: 1 lacks memory")
+        Some("2 nodes evaluated: 2 lack memory")
     );
 
     add_fake(
@@ -350,92 +351,154 @@ async fn heartbeat_with_more_capacity_places_waiting_task() {
     wait_scheduled(&manager, task.id).await;
 }
 
-/// Asserts that no node has more allocated than its capacity.
-async fn assert_allocation_within_capacity(manager: &Addr<Manager>) {
-    for node in nodes(manager).await {
-        assert!(node.allocated.memory <= node.capacity.memory, "{node:?}");
-        assert!(node.allocated.cpu >= 0.0, "{node:?}");
+/// How the first task on a node with room for one gives its memory back.
+#[derive(Debug, Clone, Copy)]
+enum EndKind {
+    Stopped,
+    ExitedZero,
+    Failed,
+    DeletedWhilePending,
+}
+
+/// Reads the only node, asserting that its allocation is within capacity and not negative.
+async fn only_node(manager: &Addr<Manager>) -> NodeView {
+    let node = nodes(manager).await.remove(0);
+    assert!(node.allocated.memory <= node.capacity.memory, "{node:?}");
+    assert!(node.allocated.cpu >= 0.0, "{node:?}");
+    assert!(node.free.cpu >= 0.0, "{node:?}");
+    assert_eq!(
+        node.free.memory.bytes() + node.allocated.memory.bytes(),
+        node.capacity.memory.bytes(),
+        "{node:?}"
+    );
+    node
+}
+
+/// Waits until the only node has exactly `tasks` allocations of 800 MiB each.
+async fn wait_allocated(manager: &Addr<Manager>, tasks: u32) -> NodeView {
+    let cause = format!("allocation never settled at {tasks} tasks of 800 MiB");
+    let node = wait_until(WAIT, &cause, || async {
+        let node = only_node(manager).await;
+        (node.task_count == tasks).then_some(node)
+    })
+    .await;
+    assert_eq!(
+        node.allocated.memory,
+        ByteSize::mib(800 * u64::from(tasks)),
+        "{node:?}"
+    );
+    node
+}
+
+/// Submits a task `a` of 800 MiB, ends it as `kind` names and returns it once terminal.
+///
+/// For [`EndKind::DeletedWhilePending`], a blocker task holds the memory while `a` is
+/// deleted, and is stopped afterwards.
+async fn end_first_task(manager: &Addr<Manager>, fake: &Addr<FakeWorker>, kind: EndKind) -> Task {
+    match kind {
+        EndKind::Stopped => {
+            let a = submit(manager, spec_with_memory("a", 800)).await;
+            wait_scheduled(manager, a.id).await;
+            wait_allocated(manager, 1).await;
+            stop(manager, a.id).await;
+            wait_state(manager, a.id, TaskState::Completed).await
+        }
+        EndKind::ExitedZero => {
+            let a = submit(manager, spec_with_memory("a", 800)).await;
+            let a = wait_scheduled(manager, a.id).await;
+            wait_allocated(manager, 1).await;
+            emit_status(fake, &a, TaskState::Running, "container started").await;
+            emit_status(
+                fake,
+                &a,
+                TaskState::Completed,
+                "container exited with code 0",
+            )
+            .await;
+            let done = wait_state(manager, a.id, TaskState::Completed).await;
+            assert_eq!(done.exit_code, Some(0));
+            done
+        }
+        EndKind::Failed => {
+            let a = submit(manager, spec_with_memory("a", 800)).await;
+            let a = wait_scheduled(manager, a.id).await;
+            wait_allocated(manager, 1).await;
+            emit_status(fake, &a, TaskState::Failed, "container exited with code 1").await;
+            let failed = wait_state(manager, a.id, TaskState::Failed).await;
+            assert_eq!(failed.exit_code, Some(1));
+            failed
+        }
+        EndKind::DeletedWhilePending => {
+            let blocker = submit(manager, spec_with_memory("blocker", 800)).await;
+            wait_scheduled(manager, blocker.id).await;
+            let a = submit(manager, spec_with_memory("a", 800)).await;
+            let pending = wait_for_task(manager, a.id, "a should wait for memory", |task| {
+                task.pending_reason.is_some()
+            })
+            .await;
+            assert_eq!(
+                pending.pending_reason.as_deref(),
+                Some("1 node evaluated: 1 lacks memory")
+            );
+            let deleted = stop(manager, a.id).await;
+            assert_eq!(deleted.state, TaskState::Completed);
+            // Deleting a task that holds nothing must leave the blocker's allocation alone.
+            let node = wait_allocated(manager, 1).await;
+            assert_eq!(node.task_count, 1);
+            stop(manager, blocker.id).await;
+            wait_state(manager, blocker.id, TaskState::Completed).await;
+            deleted
+        }
     }
 }
 
-async fn assert_allocation_zero(manager: &Addr<Manager>) {
-    let node = wait_until(WAIT, "allocation never returned to zero", || async {
-        let node = nodes(manager).await.remove(0);
-        (node.task_count == 0).then_some(node)
-    })
-    .await;
-    assert_eq!(node.allocated, Resources::default(), "{node:?}");
-    assert_eq!(node.free, node.capacity, "{node:?}");
-}
-
 #[actix::test]
-async fn allocation_returns_to_zero_after_every_kind_of_end() {
-    let manager = start_manager();
-    let fake = add_fake(
-        &manager,
-        "w1",
-        FakeOptions {
-            capacity: mib(1000),
-            ..FakeOptions::default()
-        },
-    )
-    .await;
+async fn one_slot_is_reused_after_each_kind_of_end() {
+    for kind in [
+        EndKind::Stopped,
+        EndKind::ExitedZero,
+        EndKind::Failed,
+        EndKind::DeletedWhilePending,
+    ] {
+        let manager = start_manager();
+        let fake = add_fake(
+            &manager,
+            "w1",
+            FakeOptions {
+                capacity: mib(1000),
+                ..FakeOptions::default()
+            },
+        )
+        .await;
 
-    // Stopped by the user.
-    let a = submit(&manager, spec_with_memory("a", 800)).await;
-    let a = wait_scheduled(&manager, a.id).await;
-    let b = submit(&manager, spec_with_memory("b", 800)).await;
-    let b_pending = wait_for_task(&manager, b.id, "b should wait for a's memory", |task| {
-        task.pending_reason.is_some()
-    })
-    .await;
-    assert_eq!(
-        b_pending.pending_reason.as_deref(),
-        Some("1 node evaluated: 1 lacks memory")
-    );
-    assert_allocation_within_capacity(&manager).await;
-    stop(&manager, a.id).await;
-    let b = wait_scheduled(&manager, b.id).await;
-    assert_allocation_within_capacity(&manager).await;
+        let a = end_first_task(&manager, &fake, kind).await;
+        let node = wait_allocated(&manager, 0).await;
+        assert_eq!(node.allocated, Resources::default(), "{kind:?}: {node:?}");
 
-    // Exited with code 0.
-    emit_status(&fake, &b, TaskState::Running, "started").await;
-    emit_status(
-        &fake,
-        &b,
-        TaskState::Completed,
-        "container exited with code 0",
-    )
-    .await;
-    wait_state(&manager, b.id, TaskState::Completed).await;
-    assert_allocation_zero(&manager).await;
+        let b = submit(&manager, spec_with_memory("b", 800)).await;
+        let b = wait_scheduled(&manager, b.id).await;
+        wait_allocated(&manager, 1).await;
 
-    // Failed.
-    let c = submit(&manager, spec_with_memory("c", 800)).await;
-    let c = wait_scheduled(&manager, c.id).await;
-    emit_status(&fake, &c, TaskState::Failed, "container exited with code 1").await;
-    let failed = wait_state(&manager, c.id, TaskState::Failed).await;
-    assert_eq!(failed.exit_code, Some(1));
-    assert_allocation_zero(&manager).await;
+        // A late repeat of a's end must not release b's allocation.
+        if let Some(attempt) = a.attempt {
+            emit(
+                &fake,
+                ReportBody::TaskStatus(status(a.id, attempt, a.state, "late repeat")),
+            )
+            .await;
+        }
+        stop(&manager, a.id).await;
+        emit_status(&fake, &b, TaskState::Running, "container started").await;
+        wait_state(&manager, b.id, TaskState::Running).await;
+        let node = wait_allocated(&manager, 1).await;
+        assert_eq!(node.task_count, 1, "{kind:?}: a was released twice");
 
-    // Stopped while pending, behind a task that holds the memory.
-    let d = submit(&manager, spec_with_memory("d", 800)).await;
-    let d = wait_scheduled(&manager, d.id).await;
-    let e = submit(&manager, spec_with_memory("e", 800)).await;
-    wait_for_task(&manager, e.id, "e should wait", |task| {
-        task.pending_reason.is_some()
-    })
-    .await;
-    let e_stopped = stop(&manager, e.id).await;
-    assert_eq!(e_stopped.state, TaskState::Completed);
-    stop(&manager, d.id).await;
-    wait_state(&manager, d.id, TaskState::Completed).await;
-    assert_allocation_zero(&manager).await;
-    assert_eq!(
-        commands(&fake).await.starts.len(),
-        4,
-        "a, b, c and d started, e never"
-    );
+        stop(&manager, b.id).await;
+        wait_state(&manager, b.id, TaskState::Completed).await;
+        let node = wait_allocated(&manager, 0).await;
+        assert_eq!(node.allocated, Resources::default(), "{kind:?}: {node:?}");
+        assert_eq!(node.free, node.capacity, "{kind:?}: {node:?}");
+    }
 }
 
 #[actix::test]
@@ -550,4 +613,134 @@ async fn invalid_spec_is_rejected_and_not_stored() {
         other => panic!("expected an invalid spec error, got {other:?}"),
     }
     assert!(manager.send(GetTasks).await.unwrap().is_empty());
+}
+
+#[actix::test]
+async fn unreachable_node_is_skipped_until_it_reports() {
+    let manager = start_manager();
+    let flaky = add_fake(
+        &manager,
+        "w1",
+        FakeOptions {
+            unreachable: true,
+            ..FakeOptions::default()
+        },
+    )
+    .await;
+    let steady = add_fake(&manager, "w2", FakeOptions::default()).await;
+
+    // Round robin tries w1 first; its start cannot reach the worker.
+    let a = submit(&manager, spec("a")).await;
+    let a = wait_for_task(&manager, a.id, "a should move on to w2", |task| {
+        task.state == TaskState::Scheduled && task.node.as_ref().map(|n| n.as_str()) == Some("w2")
+    })
+    .await;
+    assert!(
+        a.last_error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("unreachable"),
+        "{a:?}"
+    );
+    let views = nodes(&manager).await;
+    assert_eq!(views[0].status, NodeStatus::Unreachable, "{views:?}");
+    assert_eq!(views[0].task_count, 0, "{views:?}");
+    assert_eq!(views[1].status, NodeStatus::Ready, "{views:?}");
+
+    // Round robin would pick w1 next, but an unreachable node is skipped.
+    let b = submit(&manager, spec("b")).await;
+    let b = wait_scheduled(&manager, b.id).await;
+    assert_eq!(b.node.as_ref().map(|n| n.as_str()), Some("w2"));
+
+    bounded(
+        flaky.send(SetUnreachable(false)),
+        "fake worker did not answer",
+    )
+    .await
+    .unwrap();
+    emit(&flaky, heartbeat(FakeOptions::default().capacity)).await;
+    wait_until(WAIT, "w1 never became ready after reporting", || async {
+        (nodes(&manager).await[0].status == NodeStatus::Ready).then_some(())
+    })
+    .await;
+    let c = submit(&manager, spec("c")).await;
+    let c = wait_scheduled(&manager, c.id).await;
+    assert_eq!(c.node.as_ref().map(|n| n.as_str()), Some("w1"));
+    assert_eq!(commands(&steady).await.starts.len(), 2);
+}
+
+#[actix::test]
+async fn task_waits_for_unreachable_node_to_report() {
+    let manager = start_manager();
+    let fake = add_fake(
+        &manager,
+        "w1",
+        FakeOptions {
+            unreachable: true,
+            ..FakeOptions::default()
+        },
+    )
+    .await;
+
+    let task = submit(&manager, spec("a")).await;
+    let pending = wait_for_task(&manager, task.id, "a should wait for w1", |task| {
+        task.pending_reason.as_deref() == Some("1 node evaluated: 1 is not ready")
+    })
+    .await;
+    assert_eq!(pending.state, TaskState::Pending);
+    assert_eq!(nodes(&manager).await[0].status, NodeStatus::Unreachable);
+
+    bounded(
+        fake.send(SetUnreachable(false)),
+        "fake worker did not answer",
+    )
+    .await
+    .unwrap();
+    emit(&fake, heartbeat(FakeOptions::default().capacity)).await;
+
+    let placed = wait_scheduled(&manager, task.id).await;
+    assert_eq!(placed.node.as_ref().map(|n| n.as_str()), Some("w1"));
+    assert_eq!(nodes(&manager).await[0].status, NodeStatus::Ready);
+    assert_eq!(commands(&fake).await.starts.len(), 2);
+}
+
+#[actix::test]
+async fn dynamic_ports_come_from_configured_range() {
+    let range = PortRange {
+        first: 30100,
+        last: 30101,
+    };
+    let manager = start_manager_with(ManagerConfig {
+        dynamic_ports: range,
+        ..round_robin_config()
+    });
+    add_fake(&manager, "w1", FakeOptions::default()).await;
+    let web = || {
+        let mut web = spec("web");
+        web.ports = vec![port(80, None)];
+        web
+    };
+
+    let first = wait_scheduled(&manager, submit(&manager, web()).await.id).await;
+    let second = wait_scheduled(&manager, submit(&manager, web()).await.id).await;
+    let third = submit(&manager, web()).await;
+
+    let ports: BTreeSet<u16> = [&first, &second]
+        .iter()
+        .map(|task| task.host_ports[0].host_port)
+        .collect();
+    assert_eq!(ports, BTreeSet::from([30100, 30101]));
+    let pending = wait_for_task(&manager, third.id, "third should wait for a port", |task| {
+        task.pending_reason.is_some()
+    })
+    .await;
+    assert_eq!(
+        pending.pending_reason.as_deref(),
+        Some("1 node evaluated: 1 has no free dynamic port")
+    );
+
+    // The end of a task frees its port, and the waiting task takes it without resubmission.
+    stop(&manager, first.id).await;
+    let third = wait_scheduled(&manager, third.id).await;
+    assert_eq!(third.host_ports[0].host_port, first.host_ports[0].host_port);
 }

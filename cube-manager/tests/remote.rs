@@ -1,5 +1,6 @@
 //! The RemoteWorker bridge against cube-worker's HTTP API on loopback: commands over HTTP,
-//! reports from the event stream, and a stream that resumes after the worker's API restarts.
+//! reports from the event stream, a stream that resumes after the worker's API restarts, and
+//! the node marked unreachable while its stream is down.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use actix::prelude::*;
 
 use cube_core::ids::NodeId;
-use cube_core::node::DeclaredCapacity;
+use cube_core::node::{DeclaredCapacity, NodeStatus};
 use cube_core::resources::ByteSize;
 use cube_core::store::MemoryStore;
 use cube_core::task::TaskState;
@@ -175,4 +176,63 @@ async fn connect_to_closed_port_fails_after_deadline() {
         Err(other) => panic!("expected a describe error, got {other}"),
         Ok(_) => panic!("connect to a closed port succeeded"),
     }
+}
+
+#[actix::test]
+async fn broken_report_stream_marks_node_unreachable() {
+    let manager = start_manager();
+    let served = start_served_worker("remote-1").await;
+    let url = format!("http://{}", served.address);
+    let watcher = manager.downgrade().recipient();
+    let handle = bounded(
+        RemoteWorker::connect_watched(&url, bridge_config(), watcher),
+        "RemoteWorker::connect_watched did not return",
+    )
+    .await
+    .expect("worker API reachable");
+    bounded(
+        manager.send(AddWorker {
+            handle,
+            address: Some(url),
+        }),
+        "manager did not answer AddWorker",
+    )
+    .await
+    .unwrap()
+    .expect("remote worker added");
+    assert_eq!(nodes(&manager).await[0].status, NodeStatus::Ready);
+
+    served.server.stop(false).await;
+
+    wait_until(
+        WAIT,
+        "node never marked unreachable after its API stopped",
+        || async { (nodes(&manager).await[0].status == NodeStatus::Unreachable).then_some(()) },
+    )
+    .await;
+    // An unreachable node is skipped rather than scored as if it were empty.
+    let task = submit(&manager, spec("a")).await;
+    let pending = wait_for_task(&manager, task.id, "task should wait", |task| {
+        task.pending_reason.is_some()
+    })
+    .await;
+    assert_eq!(
+        pending.pending_reason.as_deref(),
+        Some("1 node evaluated: 1 is not ready")
+    );
+
+    let (_, server) = serve_worker(served.worker.clone(), served.address).await;
+
+    wait_until(
+        WAIT,
+        "node never ready again after its API returned",
+        || async { (nodes(&manager).await[0].status == NodeStatus::Ready).then_some(()) },
+    )
+    .await;
+    wait_for_task(&manager, task.id, "waiting task never ran", |task| {
+        task.state == TaskState::Running
+    })
+    .await;
+    assert_eq!(served.runtime.running_count(), 1);
+    server.stop(false).await;
 }

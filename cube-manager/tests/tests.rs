@@ -1,8 +1,8 @@
 //! Integration tests of the cube manager, as one binary with a module per area.
 //!
-//! `manager` and `http_api` run against fake workers. `cluster` (simulated runtime),
-//! `remote` (cube-worker's HTTP API) and `docker` (the local Docker Engine) need the
-//! `in-process` feature, which is on by default.
+//! `manager` and `http_api` run against fake workers. `cluster` and `restart` (simulated
+//! runtime), `remote` (cube-worker's HTTP API) and `docker` (the local Docker Engine) need
+//! the `in-process` feature, which is on by default.
 
 mod util;
 
@@ -15,3 +15,5 @@ mod cluster;
 mod docker;
 #[cfg(feature = "in-process")]
 mod remote;
+#[cfg(feature = "in-process")]
+mod restart;

@@ -1,15 +1,17 @@
 //! The TaskSupervisor actor: one per task attempt, it drives that attempt's container.
 //!
 //! Steps, in order: ensure the image, create and start the container, report it running,
-//! wait for it to exit, report the end, remove the container. Each engine call is a future
+//! wait for it to exit, remove the container, report the end. Each engine call is a future
 //! spawned on the supervisor's context, so one slow task never blocks another. A stop may
 //! arrive while a call is in flight, so every result is checked against the current phase
 //! and stop request before the supervisor acts on it. A stop during the start is applied
 //! when the start returns, so no container is left running.
 //!
 //! The supervisor reports to its Worker through a weak recipient of [`AttemptProgress`], so
-//! it never keeps the Worker alive. It stops itself once the attempt has ended and its
-//! container is removed.
+//! it never keeps the Worker alive. It reports the end only once the container is removed,
+//! so a restart that the Worker starts on that report never meets the old container's
+//! name or host ports, and then it stops itself. Restart decisions and their back-off belong
+//! to the Worker: each restart is a new attempt with a supervisor of its own.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -54,7 +56,7 @@ pub enum AttemptEvent {
         /// Its bound host ports.
         host_ports: Vec<PortBinding>,
     },
-    /// The attempt ended; nothing else follows.
+    /// The attempt ended and its container is removed; nothing else follows.
     Ended {
         /// Completed or failed.
         state: TaskState,
@@ -112,6 +114,8 @@ enum Phase {
     Starting,
     Running(ContainerId),
     Stopping(ContainerId),
+    /// The container exited on its own and is being removed.
+    Removing(ContainerId),
     Ended,
 }
 
@@ -289,11 +293,8 @@ impl TaskSupervisor {
             self.plan.attempt
         );
 
-        // TODO: restart here per `spec.restart_policy` with back-off, once spec validation
-        // accepts modes other than `never`: remove the container, then call `begin_start`.
         self.exit_code = exit_code;
-        self.finish(state, Some(id.clone()), reason);
-        self.remove_then_stop(id, ctx);
+        self.remove_then_finish(id, state, reason, ctx);
     }
 
     fn begin_stop(&mut self, id: ContainerId, ctx: &mut Context<Self>) {
@@ -330,12 +331,22 @@ impl TaskSupervisor {
         }));
     }
 
-    fn remove_then_stop(&mut self, id: ContainerId, ctx: &mut Context<Self>) {
+    fn remove_then_finish(
+        &mut self,
+        id: ContainerId,
+        state: TaskState,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) {
+        self.phase = Phase::Removing(id.clone());
         let remove = self.runtime.remove_container(&id);
         ctx.spawn(remove.into_actor(self).map(move |result, act, ctx| {
             if let Err(error) = result {
+                // NOTE: the exited container stays behind. It binds no host ports, and a
+                // restart names its container after the new attempt, so nothing collides.
                 log::error!("task {}: {}", act.plan.task_id, error_chain(&error));
             }
+            act.finish(state, Some(id), reason);
             ctx.stop();
         }));
     }
@@ -403,7 +414,8 @@ impl Handler<StopAttempt> for TaskSupervisor {
                 self.plan.task_id
             ),
             Phase::Running(id) => self.begin_stop(id, ctx),
-            Phase::Stopping(_) | Phase::Ended => {}
+            // The container already exited; its end is reported once it is removed.
+            Phase::Stopping(_) | Phase::Removing(_) | Phase::Ended => {}
         }
     }
 }

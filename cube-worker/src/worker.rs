@@ -10,15 +10,23 @@
 //! Per task the worker keeps one record (the current attempt) and at most one supervisor
 //! for it. A start for a new attempt of a task that still runs stops the old attempt first:
 //! the new container starts once the old one has ended, so fixed host ports are free again.
+//!
+//! The worker applies each task's restart policy. When the current attempt ends and the
+//! policy calls for a restart, the worker reports the task `scheduled` with the time of the
+//! next attempt, waits out the back-off on a timer it owns, and then starts a new attempt
+//! (new attempt id, new container) whose reports name the attempt it `replaces`. A stop
+//! during the back-off cancels the timer and ends the task; a stop the user asked for never
+//! leads to a restart. Every change to a record is written to the store first.
 
 use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use actix::prelude::*;
 use cube_core::{
     AttemptId, Batch, CommandError, DescribeNode, Heartbeat, HostMetrics, ListTasks,
     NodeDescription, Operation, PortMapping, ReportBody, Resources, SpecLimits, StartTask,
-    StopTask, Store, SubscribeReports, TaskId, TaskState, TaskStatusReport, WorkerReport,
-    WorkerTask,
+    StopTask, Store, SubscribeReports, TaskId, TaskState, TaskStatusReport, Timestamp,
+    WorkerReport, WorkerTask,
 };
 use tokio::sync::mpsc;
 
@@ -73,6 +81,19 @@ struct TaskEntry {
     supervisor: Option<Addr<TaskSupervisor>>,
     /// Supervisors of earlier attempts that are being stopped.
     retiring: HashMap<AttemptId, Addr<TaskSupervisor>>,
+    /// Timer that starts the next attempt once the restart back-off has passed.
+    restart_timer: Option<SpawnHandle>,
+}
+
+impl TaskEntry {
+    fn new(record: WorkerTask) -> Self {
+        Self {
+            record,
+            supervisor: None,
+            retiring: HashMap::new(),
+            restart_timer: None,
+        }
+    }
 }
 
 /// Runs tasks as containers on one node.
@@ -203,14 +224,8 @@ impl Worker {
             let active = !record.state.is_terminal();
             let stop_reason = record.stop_requested.then(|| record.reason.clone());
             let container_id = record.container_id.clone();
-            self.tasks.insert(
-                task_id,
-                TaskEntry {
-                    record,
-                    supervisor: None,
-                    retiring: HashMap::new(),
-                },
-            );
+            let next_attempt_at = record.next_attempt_at;
+            self.tasks.insert(task_id, TaskEntry::new(record));
             if !active {
                 continue;
             }
@@ -221,7 +236,11 @@ impl Worker {
             let launch = match (container_id, &reason) {
                 (Some(container_id), _) => Launch::Adopt { container_id },
                 (None, Some(reason)) => {
-                    self.end_unstarted(task_id, reason.clone());
+                    self.end_unstarted(task_id, reason.clone(), ctx);
+                    continue;
+                }
+                (None, None) if let Some(at) = next_attempt_at => {
+                    self.resume_backoff(task_id, at, ctx);
                     continue;
                 }
                 (None, None) => Launch::Start,
@@ -258,7 +277,7 @@ impl Worker {
     }
 
     fn publish_status(&mut self, task_id: TaskId, attempt: AttemptId, event: &AttemptEvent) {
-        let report = match event {
+        let mut report = match event {
             AttemptEvent::Running {
                 container_id,
                 host_ports,
@@ -270,6 +289,9 @@ impl Worker {
                 host_ports: host_ports.clone(),
                 exit_code: None,
                 reason: "container started".into(),
+                restart_count: 0,
+                next_attempt_at: None,
+                replaces: None,
             },
             AttemptEvent::Ended {
                 state,
@@ -284,21 +306,42 @@ impl Worker {
                 host_ports: Vec::new(),
                 exit_code: *exit_code,
                 reason: reason.clone(),
+                restart_count: 0,
+                next_attempt_at: None,
+                replaces: None,
             },
         };
+        // Only the current attempt carries restart details; an earlier one's report is
+        // ignored by the manager, and must not claim to replace anything.
+        if let Some(entry) = self.tasks.get(&task_id)
+            && entry.record.attempt == attempt
+        {
+            report.restart_count = entry.record.restart_count;
+            report.next_attempt_at = entry.record.next_attempt_at;
+            report.replaces = entry.record.replaces;
+        }
         self.outbox.publish(ReportBody::TaskStatus(report));
     }
 
-    /// Ends an attempt that never got a supervisor, such as one replaced before it started.
-    fn end_unstarted(&mut self, task_id: TaskId, reason: String) {
+    /// Ends an attempt that has no supervisor, such as one replaced before it started or one
+    /// waiting out a restart back-off, whose pending restart is cancelled.
+    fn end_unstarted(&mut self, task_id: TaskId, reason: String, ctx: &mut Context<Self>) {
         let now = self.config.clock.now();
         let Some(entry) = self.tasks.get_mut(&task_id) else {
             return;
         };
+        if let Some(timer) = entry.restart_timer.take() {
+            ctx.cancel_future(timer);
+            log::info!(
+                "task restart cancelled task_id={task_id} attempt={} reason={reason}",
+                entry.record.attempt
+            );
+        }
         let record = &mut entry.record;
         record.state = TaskState::Completed;
         record.reason = Some(reason.clone());
         record.finished_at = Some(now);
+        record.next_attempt_at = None;
         let (record, attempt) = (record.clone(), record.attempt);
         self.save_observed(&record);
         let event = AttemptEvent::Ended {
@@ -310,7 +353,7 @@ impl Worker {
         self.publish_status(task_id, attempt, &event);
     }
 
-    fn apply_to_record(record: &mut WorkerTask, event: &AttemptEvent, now: cube_core::Timestamp) {
+    fn apply_to_record(record: &mut WorkerTask, event: &AttemptEvent, now: Timestamp) {
         match event {
             AttemptEvent::Running {
                 container_id,
@@ -338,6 +381,218 @@ impl Worker {
         }
     }
 
+    // === restarts ===
+
+    /// Applies the end of `task_id`'s current attempt: ends the task, or waits to restart
+    /// it when its restart policy calls for it and restarts remain.
+    fn end_attempt(&mut self, task_id: TaskId, event: AttemptEvent, ctx: &mut Context<Self>) {
+        let Some(entry) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        entry.supervisor = None;
+        let AttemptEvent::Ended {
+            state,
+            container_id,
+            exit_code,
+            reason,
+        } = event
+        else {
+            return;
+        };
+        let record = &entry.record;
+        let policy = record.spec.restart_policy;
+        let failed = state == TaskState::Failed;
+        let wants_restart = !record.stop_requested && policy.mode.restarts_after(failed);
+        log::debug!(
+            "task {task_id} attempt {} ended as {state}; restart policy {:?} with {} of {} \
+             restarts used, stop requested: {}",
+            record.attempt,
+            policy.mode,
+            record.restart_count,
+            policy.max_attempts,
+            record.stop_requested
+        );
+
+        if wants_restart && policy.should_restart(failed, record.restart_count) {
+            self.schedule_restart(task_id, container_id, exit_code, reason, ctx);
+            return;
+        }
+        let (state, reason) = if wants_restart {
+            let reason = format!("{reason}; restart limit of {} reached", policy.max_attempts);
+            log::info!("task restart limit reached task_id={task_id} reason={reason}");
+            (TaskState::Failed, reason)
+        } else {
+            (state, reason)
+        };
+        let event = AttemptEvent::Ended {
+            state,
+            container_id,
+            exit_code,
+            reason,
+        };
+        self.record_and_publish(task_id, &event);
+    }
+
+    /// Applies `event` to the current attempt's record, stores it and reports it.
+    fn record_and_publish(&mut self, task_id: TaskId, event: &AttemptEvent) {
+        let now = self.config.clock.now();
+        let Some(entry) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        Self::apply_to_record(&mut entry.record, event, now);
+        entry.record.next_attempt_at = None;
+        let record = entry.record.clone();
+        self.save_observed(&record);
+        self.publish_status(task_id, record.attempt, event);
+    }
+
+    /// Records that the ended current attempt of `task_id` waits out its back-off, reports
+    /// the task `scheduled` with the next attempt's time, and sets the timer.
+    fn schedule_restart(
+        &mut self,
+        task_id: TaskId,
+        container_id: Option<cube_core::ContainerId>,
+        exit_code: Option<i64>,
+        reason: String,
+        ctx: &mut Context<Self>,
+    ) {
+        let now = self.config.clock.now();
+        let Some(entry) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        let record = &mut entry.record;
+        let policy = record.spec.restart_policy;
+        let restart = record.restart_count + 1;
+        let delay = policy.delay(restart, rand::random_range(-1.0..=1.0));
+        let next_attempt_at = now + chrono::TimeDelta::from_std(delay).unwrap_or_default();
+        let reason = format!(
+            "{reason}; restart {restart} of {} in {}",
+            policy.max_attempts,
+            format_delay(delay)
+        );
+
+        // The container is removed, so a restarted worker must not try to adopt it.
+        record.state = TaskState::Scheduled;
+        record.container_id = None;
+        record.host_ports.clear();
+        record.exit_code = exit_code;
+        record.reason = Some(reason.clone());
+        record.finished_at = Some(now);
+        record.next_attempt_at = Some(next_attempt_at);
+        let attempt = record.attempt;
+        let record = record.clone();
+        self.save_observed(&record);
+
+        log::info!(
+            "task restart scheduled task_id={task_id} attempt={attempt} restart={restart}/{} \
+             delay_ms={}",
+            policy.max_attempts,
+            delay.as_millis()
+        );
+        let report = TaskStatusReport {
+            task_id,
+            attempt,
+            state: TaskState::Scheduled,
+            container_id,
+            host_ports: Vec::new(),
+            exit_code,
+            reason,
+            restart_count: record.restart_count,
+            next_attempt_at: Some(next_attempt_at),
+            replaces: record.replaces,
+        };
+        self.outbox.publish(ReportBody::TaskStatus(report));
+        self.set_restart_timer(task_id, attempt, delay, ctx);
+    }
+
+    /// Sets the timer of a back-off read from the store, due at `at`.
+    fn resume_backoff(&mut self, task_id: TaskId, at: Timestamp, ctx: &mut Context<Self>) {
+        let now = self.config.clock.now();
+        let delay = (at - now).to_std().unwrap_or(Duration::ZERO);
+        let Some(attempt) = self.tasks.get(&task_id).map(|entry| entry.record.attempt) else {
+            return;
+        };
+        log::info!(
+            "task restart resumed task_id={task_id} attempt={attempt} delay_ms={}",
+            delay.as_millis()
+        );
+        self.set_restart_timer(task_id, attempt, delay, ctx);
+    }
+
+    fn set_restart_timer(
+        &mut self,
+        task_id: TaskId,
+        ended: AttemptId,
+        delay: Duration,
+        ctx: &mut Context<Self>,
+    ) {
+        let timer = ctx.run_later(delay, move |act, ctx| act.restart_due(task_id, ended, ctx));
+        if let Some(entry) = self.tasks.get_mut(&task_id)
+            && let Some(previous) = entry.restart_timer.replace(timer)
+        {
+            ctx.cancel_future(previous);
+        }
+    }
+
+    /// Starts a new attempt of `task_id` replacing `ended`, unless the task moved on during
+    /// the back-off (stopped, or replaced by the manager).
+    fn restart_due(&mut self, task_id: TaskId, ended: AttemptId, ctx: &mut Context<Self>) {
+        let Some(entry) = self.tasks.get_mut(&task_id) else {
+            return;
+        };
+        entry.restart_timer = None;
+        let record = &entry.record;
+        let waiting = record.attempt == ended
+            && record.state == TaskState::Scheduled
+            && record.next_attempt_at.is_some()
+            && !record.stop_requested
+            && entry.supervisor.is_none();
+        if !waiting {
+            log::debug!("task {task_id} restart after attempt {ended} no longer due");
+            return;
+        }
+
+        let mut record = record.clone();
+        record.replaces = Some(ended);
+        record.attempt = AttemptId::generate();
+        record.restart_count += 1;
+        record.next_attempt_at = None;
+        record.exit_code = None;
+        record.reason = None;
+        record.accepted_at = self.config.clock.now();
+        record.started_at = None;
+        record.finished_at = None;
+        if let Err(error) = self.save(&record) {
+            // Starting a container the store does not know could make a restarted worker
+            // start another one, so the task ends instead.
+            let reason = format!(
+                "failed to record restart {} of task {task_id}: {error}",
+                record.restart_count
+            );
+            log::error!("{reason}");
+            let event = AttemptEvent::Ended {
+                state: TaskState::Failed,
+                container_id: None,
+                exit_code: None,
+                reason,
+            };
+            self.record_and_publish(task_id, &event);
+            return;
+        }
+
+        log::info!(
+            "task restarting task_id={task_id} attempt={} replaces={ended} restart={}/{}",
+            record.attempt,
+            record.restart_count,
+            record.spec.restart_policy.max_attempts
+        );
+        let supervisor = self.spawn_supervisor(&record, Launch::Start, ctx);
+        if let Some(entry) = self.tasks.get_mut(&task_id) {
+            entry.record = record;
+            entry.supervisor = Some(supervisor);
+        }
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         // The interval keeps the actor alive, so stop here once no one can reach it.
         if !ctx.connected() {
@@ -350,6 +605,15 @@ impl Worker {
             metrics: self.current_metrics(),
         };
         self.outbox.publish(ReportBody::Heartbeat(heartbeat));
+    }
+}
+
+/// Formats a restart delay for a reason text, such as "1.2s" or "250ms".
+fn format_delay(delay: Duration) -> String {
+    if delay < Duration::from_secs(1) {
+        format!("{}ms", delay.as_millis())
+    } else {
+        format!("{:.1}s", delay.as_secs_f64())
     }
 }
 
@@ -463,6 +727,9 @@ impl Handler<StartTask> for Worker {
             accepted_at: self.config.clock.now(),
             started_at: None,
             finished_at: None,
+            restart_count: 0,
+            next_attempt_at: None,
+            replaces: None,
         };
         self.save(&record).map_err(|error| {
             self.rejected(format!(
@@ -476,8 +743,8 @@ impl Handler<StartTask> for Worker {
             && old.supervisor.is_none()
             && !old.record.state.is_terminal()
         {
-            // It was waiting for earlier attempts to end and never started.
-            self.end_unstarted(task_id, reason.clone());
+            // It was waiting for earlier attempts to end, or for a restart, and never started.
+            self.end_unstarted(task_id, reason.clone(), ctx);
         }
         let mut retiring = HashMap::new();
         if let Some(old) = self.tasks.remove(&task_id) {
@@ -506,6 +773,7 @@ impl Handler<StartTask> for Worker {
                 record,
                 supervisor,
                 retiring,
+                restart_timer: None,
             },
         );
         Ok(())
@@ -515,14 +783,16 @@ impl Handler<StartTask> for Worker {
 impl Handler<StopTask> for Worker {
     type Result = Result<(), CommandError>;
 
-    fn handle(&mut self, msg: StopTask, _: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: StopTask, ctx: &mut Context<Self>) -> Self::Result {
         let Some(entry) = self.tasks.get_mut(&msg.task_id) else {
             log::debug!("stop of unknown task {} ignored", msg.task_id);
             return Ok(());
         };
+        // A manager that has not yet seen a local restart names the attempt it replaced.
+        let record = &entry.record;
         if msg
             .attempt
-            .is_some_and(|attempt| attempt != entry.record.attempt)
+            .is_some_and(|attempt| attempt != record.attempt && Some(attempt) != record.replaces)
         {
             log::debug!("stop of an earlier attempt of task {} ignored", msg.task_id);
             return Ok(());
@@ -549,7 +819,7 @@ impl Handler<StopTask> for Worker {
         log::info!("task {} stop requested: {}", msg.task_id, msg.reason);
         match &entry.supervisor {
             Some(supervisor) => supervisor.do_send(StopAttempt { reason: msg.reason }),
-            None => self.end_unstarted(msg.task_id, msg.reason),
+            None => self.end_unstarted(msg.task_id, msg.reason, ctx),
         }
         Ok(())
     }
@@ -620,21 +890,29 @@ impl Handler<AttemptProgress> for Worker {
             event,
         } = msg;
         let ended = matches!(event, AttemptEvent::Ended { .. });
-        self.publish_status(task_id, attempt, &event);
+        let current = self
+            .tasks
+            .get(&task_id)
+            .is_some_and(|entry| entry.record.attempt == attempt);
+        if current && ended {
+            self.end_attempt(task_id, event, ctx);
+            return;
+        }
+        if current {
+            let now = self.config.clock.now();
+            if let Some(entry) = self.tasks.get_mut(&task_id) {
+                Self::apply_to_record(&mut entry.record, &event, now);
+                let record = entry.record.clone();
+                self.save_observed(&record);
+            }
+            self.publish_status(task_id, attempt, &event);
+            return;
+        }
 
-        let now = self.config.clock.now();
+        self.publish_status(task_id, attempt, &event);
         let Some(entry) = self.tasks.get_mut(&task_id) else {
             return;
         };
-        if entry.record.attempt == attempt {
-            Self::apply_to_record(&mut entry.record, &event, now);
-            if ended {
-                entry.supervisor = None;
-            }
-            let record = entry.record.clone();
-            self.save_observed(&record);
-            return;
-        }
 
         if ended && entry.retiring.remove(&attempt).is_some() && entry.retiring.is_empty() {
             // The last earlier attempt ended: the current one may start now.

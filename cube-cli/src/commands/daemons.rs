@@ -170,7 +170,10 @@ fn declared_capacity(args: &CapacityArgs) -> Result<DeclaredCapacity> {
 /// Connects a worker listed on the command line, retrying until it answers.
 async fn connect_worker(manager: Addr<Manager>, address: String) {
     loop {
-        match RemoteWorker::connect(&address, RemoteWorkerConfig::default()).await {
+        // The watcher lets the manager mark the node unreachable while its report stream is down.
+        let watcher = manager.downgrade().recipient();
+        match RemoteWorker::connect_watched(&address, RemoteWorkerConfig::default(), watcher).await
+        {
             Ok(handle) => {
                 let node = handle.node.clone();
                 match manager

@@ -37,6 +37,7 @@ pub(super) fn running_task(name: &str) -> Task {
         host_port: 32768,
     }];
     task.restart_count = 2;
+    task.next_attempt_at = Some(now);
     task.last_error = Some("container exited with code 1".into());
     task.exit_code = Some(1);
     task
@@ -84,6 +85,9 @@ pub(super) fn worker_task_of(task: &Task) -> WorkerTask {
         accepted_at: now,
         started_at: Some(now),
         finished_at: Some(now),
+        restart_count: 2,
+        next_attempt_at: Some(now),
+        replaces: Some(AttemptId::generate()),
     }
 }
 

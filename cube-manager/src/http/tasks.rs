@@ -12,17 +12,20 @@ use actix_web::{HttpResponse, web};
 use serde_json::{Map, Value};
 
 use cube_core::ids::TaskId;
-use cube_core::spec::TaskSpec;
+use cube_core::spec::{SpecLimits, TaskSpec};
 use cube_core::wire::{ErrorBody, TaskView};
 
 use super::{ApiState, error_response, mailbox_error, manager_error};
-use crate::manager::{CreateTask, GetTask, GetTasks, RequestStop};
+use crate::manager::{CreateTask, GetSpecLimits, GetTask, GetTasks, RequestStop};
 
 /// `POST /tasks`.
 pub(super) async fn submit(state: web::Data<ApiState>, body: web::Json<Value>) -> HttpResponse {
     let (id, spec) = match parse_submission(body.into_inner()) {
         Ok(parsed) => parsed,
-        Err(error) => return error_response(StatusCode::BAD_REQUEST, error),
+        Err(error) => {
+            let error = with_allowed_range(error, &state).await;
+            return error_response(StatusCode::BAD_REQUEST, error);
+        }
     };
     let sent = state
         .manager
@@ -89,6 +92,47 @@ pub(super) async fn stop(state: web::Data<ApiState>, path: web::Path<String>) ->
         Ok(Ok(task)) => HttpResponse::Accepted().json(TaskView::from(&task)),
         Ok(Err(error)) => manager_error(&error),
         Err(error) => mailbox_error(error, state.request_timeout),
+    }
+}
+
+/// Appends the allowed range to a parse error of a resource field, such as cpu `"two"` or
+/// memory `-1`, whose serde message does not state it.
+///
+/// The range comes from the manager's [`SpecLimits`]; when the manager does not respond, the
+/// error is returned unchanged.
+async fn with_allowed_range(mut error: ErrorBody, state: &ApiState) -> ErrorBody {
+    if !matches!(error.field.as_deref(), Some("cpu" | "memory" | "disk")) {
+        return error;
+    }
+    let limits = state
+        .manager
+        .send(GetSpecLimits)
+        .timeout(state.request_timeout)
+        .await;
+    if let (Ok(limits), Some(field)) = (limits, error.field.as_deref())
+        && let Some(range) = allowed_range(field, &limits)
+    {
+        error.error = format!("{}; allowed: {range}", error.error);
+    }
+    error
+}
+
+/// The values `field` accepts under `limits`, as the manager's validation states them.
+fn allowed_range(field: &str, limits: &SpecLimits) -> Option<String> {
+    match field {
+        "cpu" => Some(format!(
+            "a number of cores more than 0 and at most {}",
+            limits.max_cpu
+        )),
+        "memory" => Some(format!(
+            "1 to {} bytes ({}), as a number of bytes or a string such as \"64MiB\"",
+            limits.max_memory.0, limits.max_memory
+        )),
+        "disk" => Some(format!(
+            "0 to {} bytes ({}), as a number of bytes or a string such as \"1GiB\"",
+            limits.max_disk.0, limits.max_disk
+        )),
+        _ => None,
     }
 }
 
@@ -207,6 +251,22 @@ mod tests {
         for (body, field) in cases {
             assert_eq!(field_of(body.clone()), field, "{body}");
         }
+    }
+
+    #[test]
+    fn allowed_range_names_the_configured_maximum() {
+        let limits = SpecLimits {
+            max_cpu: 8.0,
+            max_memory: cube_core::resources::ByteSize::gib(2),
+            max_disk: cube_core::resources::ByteSize::gib(3),
+        };
+        let cpu = allowed_range("cpu", &limits).unwrap();
+        assert!(cpu.contains("at most 8"), "{cpu}");
+        let memory = allowed_range("memory", &limits).unwrap();
+        assert!(memory.contains("1 to 2147483648 bytes"), "{memory}");
+        let disk = allowed_range("disk", &limits).unwrap();
+        assert!(disk.contains("0 to 3221225472 bytes"), "{disk}");
+        assert_eq!(allowed_range("image", &limits), None);
     }
 
     #[test]

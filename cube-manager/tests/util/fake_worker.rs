@@ -23,6 +23,9 @@ pub struct FakeOptions {
     pub capacity: Resources,
     /// Number of starts to reject before accepting.
     pub reject_starts: usize,
+    /// Whether starts and stops fail as if the worker could not be reached; describing the
+    /// node still works, so that it can register. [`SetUnreachable`] changes it.
+    pub unreachable: bool,
     /// Delay before a start is acknowledged.
     pub start_delay: Duration,
     /// Whether a stop is answered with a `completed` report, as a real worker does.
@@ -38,6 +41,7 @@ impl Default for FakeOptions {
                 disk: ByteSize::gib(10),
             },
             reject_starts: 0,
+            unreachable: false,
             start_delay: Duration::ZERO,
             complete_on_stop: true,
         }
@@ -82,6 +86,13 @@ impl FakeWorker {
         self.deliver(report)
     }
 
+    fn unreachable_error(&self) -> CommandError {
+        CommandError::Unreachable {
+            node: self.node.clone(),
+            reason: "fake connection refused".to_owned(),
+        }
+    }
+
     fn deliver(&mut self, report: WorkerReport) -> Option<WorkerReport> {
         let recipient = self.subscriber.as_ref()?.upgrade()?;
         recipient.do_send(report.clone());
@@ -110,6 +121,9 @@ impl Handler<StartTask> for FakeWorker {
                             reason: "fake rejection".to_owned(),
                         });
                     }
+                    if act.options.unreachable {
+                        return Err(act.unreachable_error());
+                    }
                     Ok(())
                 }),
         )
@@ -121,6 +135,9 @@ impl Handler<StopTask> for FakeWorker {
 
     fn handle(&mut self, msg: StopTask, _: &mut Context<Self>) -> Self::Result {
         self.stops.push(msg.clone());
+        if self.options.unreachable {
+            return Err(self.unreachable_error());
+        }
         let attempt = msg.attempt.or_else(|| {
             self.starts
                 .iter()
@@ -207,6 +224,19 @@ impl Handler<Emit> for FakeWorker {
     }
 }
 
+/// Makes starts and stops fail as unreachable, or work again.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetUnreachable(pub bool);
+
+impl Handler<SetUnreachable> for FakeWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetUnreachable, _: &mut Context<Self>) {
+        self.options.unreachable = msg.0;
+    }
+}
+
 /// Sends a report exactly as given, sequence number included.
 #[derive(Message)]
 #[rtype(result = "Option<WorkerReport>")]
@@ -240,6 +270,9 @@ pub fn status(
             _ => None,
         },
         reason: reason.to_owned(),
+        restart_count: 0,
+        next_attempt_at: None,
+        replaces: None,
     }
 }
 

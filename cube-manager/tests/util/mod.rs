@@ -29,13 +29,23 @@ pub fn init_logging() {
 
 /// Starts a round-robin manager over an in-memory store.
 pub fn start_manager() -> Addr<Manager> {
-    init_logging();
-    let config = ManagerConfig {
+    start_manager_with(round_robin_config())
+}
+
+/// Returns the default manager settings with the round-robin policy, whose choices tests
+/// can predict.
+pub fn round_robin_config() -> ManagerConfig {
+    ManagerConfig {
         scheduler: "roundrobin".to_owned(),
         ..ManagerConfig::default()
-    };
+    }
+}
+
+/// Starts a manager with `config` over an in-memory store.
+pub fn start_manager_with(config: ManagerConfig) -> Addr<Manager> {
+    init_logging();
     Manager::new(config, Box::new(MemoryStore::new()))
-        .expect("default manager config is valid")
+        .expect("test manager config is valid")
         .start()
 }
 

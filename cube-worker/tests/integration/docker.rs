@@ -12,11 +12,13 @@ use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
 use cube_core::{
-    ByteSize, DurationSpec, LABEL_NODE, PullPolicy, STOPPED_BY_USER, StopTask, TaskState,
+    ByteSize, DurationSpec, LABEL_NODE, LABEL_TASK, PullPolicy, RESTART_JITTER, ReportBody,
+    RestartMode, RestartPolicy, STOPPED_BY_USER, StopTask, TaskState,
 };
 use cube_worker::runtime::{ContainerConfig, ContainerExit, ContainerRuntime, RuntimeError};
 use cube_worker::{DockerConfig, DockerRuntime, Worker};
@@ -318,6 +320,104 @@ async fn docker_wait_outlives_client_timeout() {
             .remove_container(&started.id)
             .await
             .expect("a second remove succeeds");
+    })
+    .await;
+}
+
+#[actix::test]
+async fn docker_always_restart_backs_off_and_bounds_containers() {
+    let (runtime, cleanup) = setup(Duration::from_secs(60)).await;
+    bounded(async {
+        let worker = docker_worker(&runtime, &cleanup);
+        let mut probe = ReportProbe::subscribe(&worker, 0);
+        let mut spec = spec(IMAGE);
+        spec.command = ["sh", "-c", "exit 1"].map(String::from).to_vec();
+        let backoff = Duration::from_millis(500);
+        spec.restart_policy = RestartPolicy {
+            mode: RestartMode::Always,
+            max_attempts: 4,
+            backoff: DurationSpec(backoff),
+            max_backoff: DurationSpec::from_secs(30),
+        };
+        let start = start_msg(spec);
+        let task_id = start.task_id;
+
+        // Count the task's containers every 20 ms while it restarts.
+        let max_containers = Arc::new(AtomicUsize::new(0));
+        let counting = Arc::new(AtomicBool::new(true));
+        let counter = {
+            let (runtime, max_seen, counting) =
+                (runtime.clone(), max_containers.clone(), counting.clone());
+            actix::spawn(async move {
+                while counting.load(Ordering::Relaxed) {
+                    let listed = runtime
+                        .list_containers(LABEL_TASK, Some(&task_id.to_string()))
+                        .await
+                        .expect("docker lists containers");
+                    max_seen.fetch_max(listed.len(), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        };
+
+        worker.send(start).await.unwrap().unwrap();
+        let mut starts = Vec::new();
+        let mut announced = Vec::new();
+        let failed = loop {
+            let report = probe.next().await;
+            let status = match report.body {
+                ReportBody::TaskStatus(status) if status.task_id == task_id => status,
+                _ => continue,
+            };
+            match status.state {
+                TaskState::Running => starts.push(Instant::now()),
+                TaskState::Scheduled => {
+                    let next = status.next_attempt_at.expect("a waiting report has a time");
+                    announced.push((next - report.at).to_std().unwrap_or_default());
+                }
+                TaskState::Failed => break status,
+                _ => {}
+            }
+        };
+        counting.store(false, Ordering::Relaxed);
+        counter.await.unwrap();
+
+        assert_eq!(
+            failed.reason,
+            "container exited with code 1; restart limit of 4 reached"
+        );
+        assert_eq!(starts.len(), 5, "one start and four restarts");
+        // The delays the worker chose double, so they grow whatever the jitter.
+        assert_eq!(announced.len(), 4);
+        assert!(
+            announced.windows(2).all(|pair| pair[1] > pair[0]),
+            "back-off delays do not grow: {announced:?}"
+        );
+        // Engine calls add a varying overhead to each observed gap, so only the lower bound
+        // and the overall growth are checked there.
+        let gaps: Vec<Duration> = starts.windows(2).map(|pair| pair[1] - pair[0]).collect();
+        for (index, gap) in gaps.iter().enumerate() {
+            let least = (backoff * 2u32.pow(index as u32)).mul_f64(1.0 - RESTART_JITTER);
+            assert!(
+                *gap >= least,
+                "restart {} came before its back-off of at least {least:?}: {gaps:?}",
+                index + 1
+            );
+        }
+        assert!(
+            gaps[3] > gaps[0] * 2,
+            "gaps between restarts do not grow: {gaps:?}"
+        );
+        let max_seen = max_containers.load(Ordering::Relaxed);
+        assert!(
+            (1..=2).contains(&max_seen),
+            "the task had {max_seen} containers at once"
+        );
+        let left = runtime
+            .list_containers(LABEL_TASK, Some(&task_id.to_string()))
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "containers left behind: {left:?}");
     })
     .await;
 }

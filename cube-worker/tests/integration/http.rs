@@ -207,11 +207,11 @@ async fn bad_bodies_get_400_naming_problem() {
 async fn rejected_spec_gets_409() {
     let api = Api::start(config("http-1")).await;
     let mut start = serde_json::to_value(start_msg(spec_with_port("img", 80))).unwrap();
-    start["spec"]["restart_policy"] = json!({"mode": "always"});
+    start["spec"]["restart_policy"] = json!({"mode": "always", "backoff": "0s"});
     let response = api.post_raw(&start.to_string()).await;
     assert_eq!(response.status(), 409);
     let body = error_body(response).await;
-    assert!(body.error.contains("restart_policy.mode"), "{}", body.error);
+    assert!(body.error.contains("restart_policy.backoff"), "{}", body.error);
     api.stop().await;
 }
 

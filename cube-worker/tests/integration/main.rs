@@ -1,7 +1,8 @@
-//! Integration tests of the cube worker: actor tests on the simulated runtime, the HTTP
-//! API, and a few real-Docker tests (named `docker_*`).
+//! Integration tests of the cube worker: actor tests on the simulated runtime (restart
+//! policies among them), the HTTP API, and a few real-Docker tests (named `docker_*`).
 
 mod docker;
 mod http;
+mod restart;
 mod simulated;
 mod support;

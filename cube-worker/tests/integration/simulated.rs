@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use cube_core::{
-    AttemptId, CommandError, DescribeNode, ListTasks, ReportBody, RestartMode, STOPPED_BY_USER,
-    StopTask, TaskId, TaskState,
+    AttemptId, CommandError, DescribeNode, ListTasks, ReportBody, STOPPED_BY_USER, StopTask,
+    TaskId, TaskState,
 };
 use cube_worker::simulated::{SIGKILL_EXIT_CODE, SIGTERM_EXIT_CODE};
 use cube_worker::worker::GetTask;
@@ -260,14 +260,14 @@ async fn invalid_spec_is_rejected() {
     let runtime = runtime(SimulatedBehaviour::run_until_stopped());
     let worker = start_worker(config("sim-1"), Arc::new(runtime.clone()));
     let mut spec = spec("img");
-    spec.restart_policy.mode = RestartMode::OnFailure;
+    spec.restart_policy.backoff = cube_core::DurationSpec::from_millis(0);
     let start = start_msg(spec);
     let task_id = start.task_id;
 
     let result = worker.send(start).await.unwrap();
     match result {
         Err(CommandError::Rejected { reason, .. }) => {
-            assert!(reason.contains("restart_policy.mode"), "{reason}");
+            assert!(reason.contains("restart_policy.backoff"), "{reason}");
         }
         other => panic!("expected a rejection, got {other:?}"),
     }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use cube_core::{
     AttemptId, Batch, ByteSize, DeclaredCapacity, MemoryStore, NodeId, NodeRecord, PortSpec,
-    Protocol, PullPolicy, ReportBody, StartTask, Store, StoreError, SubscribeReports, Task,
-    TaskEvent, TaskId, TaskSpec, TaskState, TaskStatusReport, WorkerReport, WorkerTask,
+    Protocol, PullPolicy, ReportBody, RestartMode, StartTask, Store, StoreError, SubscribeReports,
+    Task, TaskEvent, TaskId, TaskSpec, TaskState, TaskStatusReport, WorkerReport, WorkerTask,
 };
 use cube_worker::{SharedRuntime, Worker, WorkerConfig};
 use tokio::sync::mpsc;
@@ -34,11 +34,13 @@ pub fn start_worker(config: WorkerConfig, runtime: SharedRuntime) -> Addr<Worker
     Worker::start(config, runtime, Box::new(MemoryStore::new()))
 }
 
-/// Builds a spec for `image` that never pulls.
+/// Builds a spec for `image` that never pulls and is never restarted; restart tests set
+/// their own policy.
 pub fn spec(image: &str) -> TaskSpec {
     let mut spec = TaskSpec::new("test", image);
     spec.pull_policy = PullPolicy::Never;
     spec.memory = ByteSize::mib(32);
+    spec.restart_policy.mode = RestartMode::Never;
     spec
 }
 
