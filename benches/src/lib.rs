@@ -1,9 +1,22 @@
-//! Shared builders for cube's benchmarks: realistic node tables and a table that stays at a
-//! steady fill while a benchmark places tasks into it.
+//! Shared code of cube's benchmarks: node tables for the placement benchmark, and the parts
+//! of the whole-cluster runs.
 //!
-//! The tables are generated from a seed, so every run and every policy gets the same nodes.
-//! The placement benchmark (`benches/placement.rs`) drives the policies of
-//! [`cube_core::scheduler`] against them.
+//! The tables here are generated from a seed, so every run and every policy gets the same
+//! nodes; the placement benchmark (`benches/placement.rs`) drives the policies of
+//! [`cube_core::scheduler`] against them. The modules serve the cluster benchmark
+//! (`benches/cluster.rs`) and the two separate commands, `c1m` ([`c1m`]) and
+//! `docker-latency` ([`docker_latency`]), which are never part of the test run.
+
+pub mod args;
+pub mod bare_docker;
+pub mod c1m;
+pub mod counting_store;
+pub mod docker_latency;
+pub mod error;
+pub mod fake_worker;
+pub mod process_memory;
+pub mod stats;
+pub mod wait;
 
 use std::collections::{BTreeSet, VecDeque};
 
