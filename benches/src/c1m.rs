@@ -158,6 +158,8 @@ fn check_settings(args: &C1mArgs) -> Result<ManagerConfig, BenchError> {
     }
     let config = ManagerConfig {
         scheduler: args.policy.clone(),
+        // The fake nodes send no heartbeats, and a run outlasts the liveness window.
+        liveness_check_interval: None,
         ..ManagerConfig::default()
     };
     config.validate().map_err(|source| BenchError::Manager {

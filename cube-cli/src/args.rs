@@ -7,7 +7,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use cube_core::ByteSize;
+use cube_core::{ByteSize, DurationSpec};
 
 /// cube: a container orchestrator. Run a manager and workers, then submit tasks to it.
 #[derive(Debug, Parser)]
@@ -72,9 +72,18 @@ pub struct ManagerArgs {
     /// Worker API address (host:port or URL); repeat for several workers.
     #[arg(short, long = "worker", value_name = "ADDR")]
     pub workers: Vec<String>,
-    /// Placement policy.
-    #[arg(short, long, default_value = "roundrobin")]
+    /// Placement policy: epvm, epvm-book, roundrobin, greedy, binpack or spread.
+    #[arg(short, long, default_value = cube_core::scheduler::DEFAULT_POLICY)]
     pub scheduler: String,
+    /// Time within which each worker must report again, such as 10s or 500ms.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_ttl: DurationSpec,
+    /// Silence allowed beyond the heartbeat TTL before a worker is declared down and its
+    /// tasks are placed elsewhere, such as 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub heartbeat_grace: DurationSpec,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Arguments of `cube worker`.
@@ -92,8 +101,20 @@ pub struct WorkerArgs {
     /// Address on which container ports are published.
     #[arg(long, default_value = "127.0.0.1")]
     pub publish_address: IpAddr,
+    /// Manager to join at start (host:port or URL); without it, the manager must list this
+    /// worker with --worker.
+    #[arg(long = "manager", value_name = "ADDR")]
+    pub manager: Option<String>,
+    /// URL at which the manager reaches this worker's API; defaults to the bound address.
+    #[arg(long, value_name = "ADDR")]
+    pub advertise: Option<String>,
+    /// Time between two heartbeats to the manager, such as 5s or 500ms.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat_interval: DurationSpec,
     #[command(flatten)]
     pub capacity: CapacityArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 /// Declared capacity, overriding what the host reports.
@@ -122,11 +143,36 @@ pub struct DevArgs {
     /// Number of in-process workers.
     #[arg(short, long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub workers: u16,
-    /// Placement policy.
-    #[arg(short, long, default_value = "roundrobin")]
+    /// Placement policy: epvm, epvm-book, roundrobin, greedy, binpack or spread.
+    #[arg(short, long, default_value = cube_core::scheduler::DEFAULT_POLICY)]
     pub scheduler: String,
     #[command(flatten)]
     pub capacity: CapacityArgs,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+/// Kind of state store of a daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreKind {
+    /// Kept in memory and lost when the process exits.
+    Memory,
+    /// A crash-safe redb file in the data directory, found again after a restart.
+    Persistent,
+}
+
+/// Where a daemon keeps its state.
+#[derive(Debug, Args, Clone)]
+pub struct StoreArgs {
+    /// Directory of the persistent store; defaults to $XDG_DATA_HOME/cube/ROLE (or
+    /// ~/.local/share/cube/ROLE), where ROLE is `manager`, `worker-NAME` or `dev`. Only one
+    /// process can use a directory at a time.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Store kind; `cube manager` and `cube worker` default to persistent, `cube dev` to
+    /// memory.
+    #[arg(long, value_enum)]
+    pub store: Option<StoreKind>,
 }
 
 /// Arguments of `cube run`.
@@ -171,4 +217,12 @@ pub struct NodeArgs {
 
 fn parse_size(text: &str) -> Result<ByteSize, String> {
     ByteSize::parse(text)
+}
+
+fn parse_duration(text: &str) -> Result<DurationSpec, String> {
+    let duration = DurationSpec::parse(text)?;
+    if duration.get().is_zero() {
+        return Err("expected a duration above 0, such as 1s".to_owned());
+    }
+    Ok(duration)
 }

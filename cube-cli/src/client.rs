@@ -58,6 +58,7 @@ impl ManagerClient {
 
     /// Asks the manager to stop task `id`.
     pub async fn stop(&self, id: &str) -> Result<TaskView> {
+        check_task_id(id)?;
         let response = self
             .request(Method::DELETE, &format!("/tasks/{id}"))
             .send()
@@ -73,6 +74,7 @@ impl ManagerClient {
 
     /// Fetches task `id`.
     pub async fn task(&self, id: &str) -> Result<TaskView> {
+        check_task_id(id)?;
         self.get(&format!("/tasks/{id}"), &format!("get task {id}"))
             .await
     }
@@ -138,6 +140,17 @@ impl ManagerClient {
             ),
         }
     }
+}
+
+/// Rejects an id that cannot be a task id before it reaches a URL path.
+fn check_task_id(id: &str) -> Result<()> {
+    if id.trim().is_empty() {
+        bail!("task id is empty; `cube status` lists the ids");
+    }
+    if id.contains('/') || id.contains('?') || id.contains('#') {
+        bail!("invalid task id '{id}'; `cube status` lists the ids");
+    }
+    Ok(())
 }
 
 /// Turns `host:port` or a URL into a base URL without a trailing slash.

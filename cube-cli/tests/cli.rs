@@ -19,6 +19,9 @@ const WORKER_MARKER: &str = "worker API listening on ";
 struct ChildGuard {
     name: String,
     child: Child,
+    /// The daemon's `XDG_DATA_HOME`, so that its default data directory is its own and is
+    /// removed with it.
+    _data_home: tempfile::TempDir,
 }
 
 impl Drop for ChildGuard {
@@ -37,9 +40,11 @@ impl ChildGuard {
 /// Starts `cube ARGS` and waits until it logs `marker` followed by the bound address, which
 /// it returns.
 fn start_daemon(role: &str, marker: &str, args: &[&str]) -> (ChildGuard, String) {
+    let data_home = tempfile::tempdir().expect("failed to create a data home");
     let mut child = Command::new(CUBE)
         .args(args)
         .env("RUST_LOG", "info")
+        .env("XDG_DATA_HOME", data_home.path())
         .env_remove("CUBE_MANAGER")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -66,6 +71,7 @@ fn start_daemon(role: &str, marker: &str, args: &[&str]) -> (ChildGuard, String)
     let guard = ChildGuard {
         name: role.to_owned(),
         child,
+        _data_home: data_home,
     };
     let address = receiver
         .recv_timeout(Duration::from_secs(30))

@@ -111,7 +111,7 @@ impl Visitor<'_> for DurationVisitor {
     type Value = DurationSpec;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(DURATION_FORMS)
+        f.write_str("a number of seconds or a duration such as \"10s\"")
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<DurationSpec, E> {

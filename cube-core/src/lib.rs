@@ -12,6 +12,8 @@
 //! - **placement**: the scheduler's choice of a node for a task.
 //! - **report**: something a worker observed, sent to the manager ([`WorkerReport`]).
 //! - **heartbeat**: a worker's periodic report with its metrics.
+//! - **health check**: an HTTP probe a worker runs against a task's published port; its
+//!   result is the attempt's health ([`TaskHealth`]).
 //! - **reconcile**: bringing observed state in line with desired state.
 //!
 //! This crate has no I/O besides the stores, so every rule here is unit-tested without
@@ -20,6 +22,7 @@
 pub mod clock;
 pub mod duration;
 pub mod event;
+pub mod health;
 pub mod ids;
 pub mod messages;
 pub mod node;
@@ -34,19 +37,21 @@ pub mod worker_task;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, Timestamp};
 pub use duration::DurationSpec;
 pub use event::TaskEvent;
+pub use health::{HealthStatus, TaskHealth};
 pub use ids::{AttemptId, ContainerId, InvalidNodeId, NodeId, TaskId};
 pub use messages::{
     CommandError, DescribeNode, Heartbeat, ListTasks, ReportBody, StartTask, StopTask,
-    SubscribeReports, TaskStatusReport, WorkerHandle, WorkerReport,
+    SubscribeReports, TaskHealthReport, TaskStatusReport, WorkerHandle, WorkerReport,
 };
 pub use node::{DeclaredCapacity, HostMetrics, NodeDescription, NodeStatus};
 pub use resources::{ByteSize, Resources};
 pub use spec::{
-    FieldError, HealthCheck, MAX_RESTART_ATTEMPTS, MAX_RESTART_BACKOFF, PortSpec, Protocol,
-    PullPolicy, RESTART_JITTER, RestartMode, RestartPolicy, SpecLimits, TaskSpec,
+    FieldError, HealthCheck, MAX_HEALTH_INTERVAL, MAX_RESTART_ATTEMPTS, MAX_RESTART_BACKOFF,
+    PortSpec, Protocol, PullPolicy, RESTART_JITTER, RestartMode, RestartPolicy, SpecLimits,
+    TaskSpec,
 };
 pub use store::{Batch, MemoryStore, NodeRecord, Operation, Store, StoreError};
-pub use store::{RedbStore, STORE_FILE_NAME};
+pub use store::{Committed, RedbStore, STORE_FILE_NAME, StoreWriter};
 pub use task::{DesiredState, InvalidTransition, PortBinding, STOPPED_BY_USER, Task, TaskState};
 pub use worker_task::{PortMapping, WorkerTask};
 

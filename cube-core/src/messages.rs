@@ -13,10 +13,11 @@ use actix::{Actor, Addr, Handler, MailboxError, Message, Recipient, WeakRecipien
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
+use crate::health::TaskHealth;
 use crate::ids::{AttemptId, ContainerId, NodeId, TaskId};
 use crate::node::{HostMetrics, NodeDescription};
 use crate::resources::Resources;
-use crate::spec::TaskSpec;
+use crate::spec::{Protocol, TaskSpec};
 use crate::task::{PortBinding, TaskState};
 use crate::worker_task::{PortMapping, WorkerTask};
 
@@ -48,6 +49,16 @@ pub enum CommandError {
         node: NodeId,
         /// Why.
         reason: String,
+    },
+    /// A host port the command needs is held by another process on the worker's host.
+    #[error("host port {port}/{protocol} is already in use on worker {node}")]
+    PortInUse {
+        /// The worker.
+        node: NodeId,
+        /// Protocol of the port.
+        protocol: Protocol,
+        /// The host port.
+        port: u16,
     },
     /// The worker's actor has stopped or its mailbox is closed.
     #[error("worker {node} is shut down")]
@@ -147,6 +158,8 @@ pub enum ReportBody {
     TaskStatus(TaskStatusReport),
     /// The worker is alive; carries its latest metrics.
     Heartbeat(Heartbeat),
+    /// An attempt's health changed; its state did not.
+    TaskHealth(TaskHealthReport),
 }
 
 /// A change in one attempt's state.
@@ -179,6 +192,20 @@ pub struct TaskStatusReport {
     /// attempt on the same node.
     #[serde(default)]
     pub replaces: Option<AttemptId>,
+}
+
+/// A change in one attempt's health, judged by the task's health check.
+///
+/// It never changes the task's state: an attempt that turns unhealthy is stopped by its
+/// worker, and that end arrives as a separate [`TaskStatusReport`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskHealthReport {
+    /// The task.
+    pub task_id: TaskId,
+    /// The attempt that was checked.
+    pub attempt: AttemptId,
+    /// The new health.
+    pub health: TaskHealth,
 }
 
 /// A worker's periodic sign of life.
@@ -336,6 +363,30 @@ mod tests {
         };
         let json = serde_json::to_string(&report).unwrap();
         let decoded: TaskStatusReport = serde_json::from_str(&json).unwrap();
+        assert_eq!(decoded, report);
+    }
+
+    #[test]
+    fn health_report_round_trips_in_worker_report() {
+        let report = WorkerReport {
+            node: NodeId::new("worker-1").unwrap(),
+            seq: 7,
+            at: chrono::Utc::now(),
+            body: ReportBody::TaskHealth(TaskHealthReport {
+                task_id: TaskId::generate(),
+                attempt: AttemptId::generate(),
+                health: TaskHealth {
+                    status: crate::health::HealthStatus::Unhealthy,
+                    consecutive_failures: 3,
+                    last_error: Some("GET /health timed out after 1s".into()),
+                    since: chrono::Utc::now(),
+                },
+            }),
+        };
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["body"]["type"], "task_health");
+        assert_eq!(json["body"]["health"]["status"], "unhealthy");
+        let decoded: WorkerReport = serde_json::from_value(json).unwrap();
         assert_eq!(decoded, report);
     }
 }

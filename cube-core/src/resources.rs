@@ -44,6 +44,9 @@ impl ByteSize {
     /// number followed by an optional known unit, or when the result exceeds `u64`.
     pub fn parse(text: &str) -> Result<Self, String> {
         let text = text.trim();
+        if text.starts_with('-') {
+            return Err(format!("size '{text}' is negative; {SIZE_FORMS}"));
+        }
         let split = text
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(text.len());
@@ -117,7 +120,7 @@ impl Visitor<'_> for ByteSizeVisitor {
     type Value = ByteSize;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(SIZE_FORMS)
+        f.write_str("a whole number of bytes or a size such as \"64MiB\"")
     }
 
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<ByteSize, E> {

@@ -287,6 +287,87 @@ pub struct HealthCheck {
     pub failure_threshold: u32,
 }
 
+/// Largest accepted [`HealthCheck::interval`].
+pub const MAX_HEALTH_INTERVAL: Duration = Duration::from_secs(3600);
+
+const MAX_HEALTH_PATH_LEN: usize = 1024;
+
+impl HealthCheck {
+    /// Checks every field against the task's `ports`, since the probed port must be one of
+    /// its TCP container ports.
+    fn validate(&self, ports: &[PortSpec]) -> Result<(), FieldError> {
+        let path = &self.path;
+        if !path.starts_with('/') {
+            return Err(FieldError::new(
+                "health_check.path",
+                format!("'{path}' must start with '/', such as \"/health\""),
+            ));
+        }
+        if path.len() > MAX_HEALTH_PATH_LEN
+            || path.chars().any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(FieldError::new(
+                "health_check.path",
+                format!("must be at most {MAX_HEALTH_PATH_LEN} bytes without spaces"),
+            ));
+        }
+
+        let tcp_ports: Vec<u16> = ports
+            .iter()
+            .filter(|port| port.protocol == Protocol::Tcp)
+            .map(|port| port.container_port)
+            .collect();
+        if !tcp_ports.contains(&self.port) {
+            let listed: Vec<String> = tcp_ports.iter().map(u16::to_string).collect();
+            return Err(FieldError::new(
+                "health_check.port",
+                format!(
+                    "{} is not one of the task's TCP container ports [{}]",
+                    self.port,
+                    listed.join(", ")
+                ),
+            ));
+        }
+
+        if self.interval.get().is_zero() {
+            return Err(FieldError::new(
+                "health_check.interval",
+                "must be more than 0, such as \"10s\"",
+            ));
+        }
+        if self.interval.get() > MAX_HEALTH_INTERVAL {
+            return Err(FieldError::new(
+                "health_check.interval",
+                format!("{} is out of range: expected at most 1h", self.interval),
+            ));
+        }
+
+        if self.timeout.get().is_zero() {
+            return Err(FieldError::new(
+                "health_check.timeout",
+                "must be more than 0, such as \"2s\"",
+            ));
+        }
+        if self.timeout > self.interval {
+            return Err(FieldError::new(
+                "health_check.timeout",
+                format!(
+                    "{} is more than health_check.interval {}",
+                    self.timeout, self.interval
+                ),
+            ));
+        }
+
+        if self.failure_threshold == 0 {
+            return Err(FieldError::new(
+                "health_check.failure_threshold",
+                "must be at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 fn default_health_interval() -> DurationSpec {
     DurationSpec::from_secs(10)
 }
@@ -400,16 +481,12 @@ impl TaskSpec {
         if self.image.is_empty() {
             return Err(FieldError::new("image", "must not be empty"));
         }
-        if self.image.len() > MAX_IMAGE_LEN
-            || self
-                .image
-                .chars()
-                .any(|c| c.is_whitespace() || c.is_control())
-        {
+        if self.image.len() > MAX_IMAGE_LEN || !is_image_reference(&self.image) {
             return Err(FieldError::new(
                 "image",
                 format!(
-                    "'{}' is not an image reference: at most {MAX_IMAGE_LEN} bytes, no spaces",
+                    "'{}' is not an image reference: expected [HOST[:PORT]/]NAME[:TAG][@DIGEST] \
+                     with a lowercase NAME, at most {MAX_IMAGE_LEN} bytes",
                     self.image
                 ),
             ));
@@ -514,18 +591,95 @@ impl TaskSpec {
 
     fn validate_policies(&self) -> Result<(), FieldError> {
         self.restart_policy.validate()?;
-        // TODO: accept health checks once workers run them.
-        if self.health_check.is_some() {
-            return Err(FieldError::new(
-                "health_check",
-                "health checks are not supported yet: remove the field",
-            ));
+        if let Some(health_check) = &self.health_check {
+            health_check.validate(&self.ports)?;
         }
         if self.stop_grace_period.get() > Duration::from_secs(3600) {
             return Err(FieldError::new("stop_grace_period", "must be at most 1h"));
         }
         Ok(())
     }
+}
+
+/// Checks `reference` against the grammar of Docker image references:
+/// `[HOST[:PORT]/]COMPONENT[/COMPONENT...][:TAG][@ALGORITHM:HEX]`, where components are
+/// lowercase letters and digits joined by `.`, `_`, `__` or dashes.
+fn is_image_reference(reference: &str) -> bool {
+    let (rest, digest) = match reference.split_once('@') {
+        Some((rest, digest)) => (rest, Some(digest)),
+        None => (reference, None),
+    };
+    if let Some(digest) = digest {
+        let Some((algorithm, hex)) = digest.split_once(':') else {
+            return false;
+        };
+        let algorithm_ok = !algorithm.is_empty()
+            && algorithm
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !algorithm_ok || hex.len() < 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+            return false;
+        }
+    }
+    let last_slash = rest.rfind('/').map_or(0, |at| at + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(at) => (&rest[..last_slash + at], Some(&rest[last_slash + at + 1..])),
+        None => (rest, None),
+    };
+    if let Some(tag) = tag {
+        let mut chars = tag.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !first_ok || !rest_ok || tag.len() > 128 {
+            return false;
+        }
+    }
+    let mut components: Vec<&str> = name.split('/').collect();
+    if components.len() > 1 {
+        let host = components[0];
+        if host.contains('.') || host.contains(':') || host == "localhost" {
+            if !is_registry_host(host) {
+                return false;
+            }
+            components.remove(0);
+        }
+    }
+    components
+        .iter()
+        .all(|component| is_path_component(component))
+}
+
+fn is_registry_host(host: &str) -> bool {
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port)) => (name, Some(port)),
+        None => (host, None),
+    };
+    let port_ok = port.is_none_or(|port| port.parse::<u16>().is_ok());
+    let name_ok = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
+    port_ok && name_ok
+}
+
+fn is_path_component(component: &str) -> bool {
+    let alphanumeric = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    let bytes = component.as_bytes();
+    if component.is_empty()
+        || !alphanumeric(bytes[0] as char)
+        || !alphanumeric(bytes[bytes.len() - 1] as char)
+    {
+        return false;
+    }
+    // Separators between alphanumeric runs: one '.', one or two '_', or any number of '-'.
+    component
+        .split(|c: char| alphanumeric(c))
+        .filter(|separator| !separator.is_empty())
+        .all(|separator| {
+            matches!(separator, "." | "_" | "__") || separator.chars().all(|c| c == '-')
+        })
 }
 
 #[cfg(test)]
@@ -559,6 +713,35 @@ mod tests {
         let error =
             serde_json::from_str::<TaskSpec>(r#"{"name":"w","image":"i","memroy":1}"#).unwrap_err();
         assert!(error.to_string().contains("memroy"), "{error}");
+    }
+
+    #[test]
+    fn image_reference_grammar() {
+        let valid = [
+            "busybox",
+            "cube-test/busybox:latest",
+            "127.0.0.1:5000/team/app:v1.2",
+            "localhost/app",
+            "registry.example.com/a__b/c-d.e:1",
+            "app@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ];
+        for image in valid {
+            assert!(is_image_reference(image), "{image} should be accepted");
+        }
+        let invalid = [
+            "UPPER/Case::bad",
+            "app:",
+            "app:-tag",
+            "/app",
+            "app/",
+            "a..b",
+            "Busybox",
+            "app@sha256:xyz",
+            "host:99999/app",
+        ];
+        for image in invalid {
+            assert!(!is_image_reference(image), "{image} should be rejected");
+        }
     }
 
     #[test]
@@ -642,17 +825,115 @@ mod tests {
         assert_eq!(field_of(&spec), "ports[0].host_port");
     }
 
-    #[test]
-    fn spec_rejects_health_check() {
+    fn with_health_check() -> TaskSpec {
         let mut spec = valid();
+        spec.ports = vec![PortSpec {
+            container_port: 80,
+            host_port: None,
+            protocol: Protocol::Tcp,
+        }];
         spec.health_check = Some(HealthCheck {
-            path: "/".into(),
+            path: "/health".into(),
             port: 80,
-            interval: DurationSpec::from_secs(1),
+            interval: DurationSpec::from_secs(5),
             timeout: DurationSpec::from_secs(1),
-            failure_threshold: 1,
+            failure_threshold: 3,
         });
-        assert_eq!(field_of(&spec), "health_check");
+        spec
+    }
+
+    fn health_field_of(change: impl FnOnce(&mut HealthCheck)) -> String {
+        let mut spec = with_health_check();
+        change(spec.health_check.as_mut().unwrap());
+        field_of(&spec)
+    }
+
+    #[test]
+    fn health_check_accepts_valid_fields() {
+        assert_eq!(with_health_check().validate(&SpecLimits::default()), Ok(()));
+        let mut spec = with_health_check();
+        let check = spec.health_check.as_mut().unwrap();
+        check.timeout = check.interval;
+        check.failure_threshold = 1;
+        check.path = "/ready?verbose=1".into();
+        assert_eq!(spec.validate(&SpecLimits::default()), Ok(()));
+    }
+
+    #[test]
+    fn health_check_parses_with_defaults() {
+        let spec: TaskSpec = serde_json::from_str(
+            r#"{"name":"w","image":"i","ports":[{"container_port":80}],
+                "health_check":{"path":"/","port":80}}"#,
+        )
+        .unwrap();
+        let check = spec.health_check.as_ref().unwrap();
+        assert_eq!(check.interval, DurationSpec::from_secs(10));
+        assert_eq!(check.timeout, DurationSpec::from_secs(2));
+        assert_eq!(check.failure_threshold, 3);
+        assert_eq!(spec.validate(&SpecLimits::default()), Ok(()));
+    }
+
+    #[test]
+    fn health_check_rejects_bad_path() {
+        for path in ["health", "", "/a b", "/a\nb"] {
+            let field = health_field_of(|check| check.path = path.into());
+            assert_eq!(field, "health_check.path", "path {path:?}");
+        }
+        let long = format!("/{}", "a".repeat(MAX_HEALTH_PATH_LEN));
+        assert_eq!(
+            health_field_of(|check| check.path = long),
+            "health_check.path"
+        );
+    }
+
+    #[test]
+    fn health_check_rejects_port_outside_spec() {
+        let mut spec = with_health_check();
+        spec.health_check.as_mut().unwrap().port = 8080;
+        let error = spec.validate(&SpecLimits::default()).unwrap_err();
+        assert_eq!(error.field, "health_check.port");
+        assert!(error.message.contains("8080"), "{}", error.message);
+        assert!(error.message.contains("[80]"), "{}", error.message);
+
+        // An HTTP check cannot probe a UDP port.
+        let mut spec = with_health_check();
+        spec.ports[0].protocol = Protocol::Udp;
+        assert_eq!(field_of(&spec), "health_check.port");
+
+        let mut spec = with_health_check();
+        spec.ports.clear();
+        assert_eq!(field_of(&spec), "health_check.port");
+    }
+
+    #[test]
+    fn health_check_rejects_zero_or_huge_interval() {
+        let zero = health_field_of(|check| check.interval = DurationSpec::from_millis(0));
+        assert_eq!(zero, "health_check.interval");
+        let huge = health_field_of(|check| check.interval = DurationSpec::from_secs(3601));
+        assert_eq!(huge, "health_check.interval");
+    }
+
+    #[test]
+    fn health_check_rejects_zero_timeout() {
+        let field = health_field_of(|check| check.timeout = DurationSpec::from_millis(0));
+        assert_eq!(field, "health_check.timeout");
+    }
+
+    #[test]
+    fn health_check_rejects_timeout_above_interval() {
+        let mut spec = with_health_check();
+        let check = spec.health_check.as_mut().unwrap();
+        check.interval = DurationSpec::from_secs(1);
+        check.timeout = DurationSpec::from_millis(1500);
+        let error = spec.validate(&SpecLimits::default()).unwrap_err();
+        assert_eq!(error.field, "health_check.timeout");
+        assert!(error.message.contains("1500ms"), "{}", error.message);
+    }
+
+    #[test]
+    fn health_check_rejects_zero_failure_threshold() {
+        let field = health_field_of(|check| check.failure_threshold = 0);
+        assert_eq!(field, "health_check.failure_threshold");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
 use crate::event::TaskEvent;
+use crate::health::TaskHealth;
 use crate::ids::{AttemptId, ContainerId, NodeId, TaskId};
 use crate::spec::{Protocol, TaskSpec};
 
@@ -164,6 +165,10 @@ pub struct Task {
     pub exit_code: Option<i64>,
     /// Why the task is still pending, such as "2 nodes evaluated: 2 lack memory".
     pub pending_reason: Option<String>,
+    /// Health of the current attempt as its worker last reported it. It is `None` until that
+    /// attempt's first health report, and always without a health check in the spec.
+    #[serde(default)]
+    pub health: Option<TaskHealth>,
 }
 
 impl Task {
@@ -186,6 +191,7 @@ impl Task {
             last_error: None,
             exit_code: None,
             pending_reason: None,
+            health: None,
         }
     }
 
@@ -215,6 +221,10 @@ impl Task {
             });
         }
         self.state = to;
+        if from == TaskState::Pending {
+            // The reason it waited no longer applies once it leaves pending.
+            self.pending_reason = None;
+        }
         if to != TaskState::Scheduled {
             self.next_attempt_at = None;
         }
@@ -344,6 +354,16 @@ mod tests {
         let mut json = serde_json::to_value(&task).unwrap();
         json.as_object_mut().unwrap().remove("next_attempt_at");
         let decoded: Task = serde_json::from_value(json).unwrap();
+        assert_eq!(decoded, task);
+    }
+
+    #[test]
+    fn task_without_health_field_decodes() {
+        let task = Task::new(TaskId::generate(), TaskSpec::new("t", "i"), Utc::now());
+        let mut json = serde_json::to_value(&task).unwrap();
+        json.as_object_mut().unwrap().remove("health");
+        let decoded: Task = serde_json::from_value(json).unwrap();
+        assert_eq!(decoded.health, None);
         assert_eq!(decoded, task);
     }
 

@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::clock::Timestamp;
+use crate::health::TaskHealth;
 use crate::ids::{AttemptId, ContainerId, NodeId, TaskId};
+use crate::messages::CommandError;
 use crate::node::{HostMetrics, NodeStatus};
 use crate::resources::Resources;
 use crate::spec::TaskSpec;
@@ -17,6 +19,9 @@ pub struct ErrorBody {
     /// The request field at fault, such as `memory` or `ports[0].host_port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// The worker command error behind the answer, so a bridge can rebuild it exactly.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_error: Option<CommandError>,
 }
 
 impl ErrorBody {
@@ -25,6 +30,7 @@ impl ErrorBody {
         Self {
             error: error.into(),
             field: None,
+            command_error: None,
         }
     }
 
@@ -33,6 +39,7 @@ impl ErrorBody {
         Self {
             error: error.into(),
             field: Some(field.into()),
+            command_error: None,
         }
     }
 }
@@ -86,6 +93,9 @@ pub struct TaskView {
     pub exit_code: Option<i64>,
     /// Why the task is still pending.
     pub pending_reason: Option<String>,
+    /// Health of the current attempt, once its worker reported any.
+    #[serde(default)]
+    pub health: Option<TaskHealth>,
     /// The full spec.
     pub spec: TaskSpec,
 }
@@ -110,6 +120,7 @@ impl From<&Task> for TaskView {
             last_error: task.last_error.clone(),
             exit_code: task.exit_code,
             pending_reason: task.pending_reason.clone(),
+            health: task.health.clone(),
             spec: task.spec.clone(),
         }
     }
@@ -134,4 +145,19 @@ pub struct NodeView {
     pub task_count: u32,
     /// Latest host metrics.
     pub metrics: Option<HostMetrics>,
+}
+
+/// Response header of a worker's `GET /events` that names the worker process's outbox.
+///
+/// The value changes when the worker process restarts, so a client that sees a new value
+/// knows that the worker's sequence numbers may have started again from 1.
+pub const WORKER_INSTANCE_HEADER: &str = "cube-worker-instance";
+
+/// Body of `POST /nodes` on the manager: a worker asks to be added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinNode {
+    /// Base URL of the worker's API as the manager should reach it, such as
+    /// `http://127.0.0.1:5556`.
+    pub address: String,
 }

@@ -19,6 +19,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -30,7 +31,7 @@ use log::{info, warn};
 use cube_core::ids::{InvalidNodeId, NodeId};
 use cube_core::node::DeclaredCapacity;
 use cube_core::resources::ByteSize;
-use cube_core::store::MemoryStore;
+use cube_core::store::{MemoryStore, RedbStore, Store, StoreError};
 use cube_worker::docker::{DockerConfig, DockerRuntime};
 use cube_worker::runtime::{RuntimeError, SharedRuntime};
 use cube_worker::simulated::{SimulatedBehaviour, SimulatedRuntime};
@@ -79,6 +80,15 @@ pub enum ClusterError {
         #[source]
         source: InvalidNodeId,
     },
+    /// A persistent store could not be opened.
+    #[error("failed to open the store of the cluster's {role}")]
+    Store {
+        /// Whose store: "manager" or the worker's name.
+        role: String,
+        /// The store's error, which names the directory.
+        #[source]
+        source: StoreError,
+    },
     /// The Docker Engine could not be reached.
     #[error("failed to connect the cluster's workers to Docker")]
     Docker {
@@ -122,6 +132,7 @@ pub struct ClusterBuilder {
     workers: Vec<WorkerOptions>,
     api: Option<HttpConfig>,
     heartbeat_interval: Duration,
+    data_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterBuilder {
@@ -140,6 +151,7 @@ impl ClusterBuilder {
             workers: Vec::new(),
             api: None,
             heartbeat_interval: cube_worker::DEFAULT_HEARTBEAT_INTERVAL,
+            data_dir: None,
         }
     }
 
@@ -204,6 +216,13 @@ impl ClusterBuilder {
         self
     }
 
+    /// Keeps the manager's state in a redb store in `dir/manager` and each worker's in
+    /// `dir/worker-<name>`; `None`, the default, keeps every store in memory.
+    pub fn data_dir(mut self, dir: Option<PathBuf>) -> Self {
+        self.data_dir = dir;
+        self
+    }
+
     /// Starts the cluster in the current actix `System` and waits until every worker is
     /// registered with the manager.
     ///
@@ -212,7 +231,8 @@ impl ClusterBuilder {
     /// Returns [`ClusterError`] when a worker name is invalid, Docker cannot be reached,
     /// the manager rejects its configuration or a worker, or the API cannot be bound.
     pub async fn start(self) -> Result<Cluster, ClusterError> {
-        let manager = Manager::new(self.manager.clone(), Box::new(MemoryStore::new()))
+        let store = open_store(self.data_dir.as_deref(), "manager")?;
+        let manager = Manager::new(self.manager.clone(), store)
             .map_err(|source| ClusterError::Manager { source })?
             .start();
 
@@ -362,13 +382,26 @@ impl ClusterBuilder {
                 unreachable!("start connects to Docker before starting Docker workers")
             }
         };
-        let addr = Worker::start(config, runtime, Box::new(MemoryStore::new()));
+        let store = open_store(self.data_dir.as_deref(), &format!("worker-{node}"))?;
+        let addr = Worker::start(config, runtime, store);
         Ok(ClusterWorker {
             node,
             addr,
             simulated,
         })
     }
+}
+
+/// Opens the store of `role` in `data_dir/role`, or a memory store without a data directory.
+fn open_store(data_dir: Option<&Path>, role: &str) -> Result<Box<dyn Store>, ClusterError> {
+    let Some(dir) = data_dir else {
+        return Ok(Box::new(MemoryStore::new()));
+    };
+    let store = RedbStore::open(&dir.join(role)).map_err(|source| ClusterError::Store {
+        role: role.to_owned(),
+        source,
+    })?;
+    Ok(Box::new(store))
 }
 
 /// Worker `index` of a Docker cluster publishes on 127.0.0.`index + 1`.

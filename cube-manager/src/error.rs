@@ -51,6 +51,16 @@ pub enum Error {
         source: StoreError,
     },
 
+    /// A concurrent submission of the same client-supplied id failed to store the task, so
+    /// this repeat, which waited for it, stored nothing either.
+    #[error(
+        "task {task_id} was not stored because a concurrent submission of it failed; submit it again"
+    )]
+    SubmissionFailed {
+        /// The client-supplied id.
+        task_id: TaskId,
+    },
+
     /// The store failed to record a node registration.
     #[error("failed to store node {node}")]
     StoreNode {
@@ -106,6 +116,13 @@ pub enum Error {
     UnknownPolicy {
         /// The requested name.
         name: String,
+    },
+
+    /// A liveness duration that must be above 0 is 0.
+    #[error("invalid {setting} of 0: expected a duration above 0")]
+    ZeroDuration {
+        /// The setting, such as "heartbeat TTL".
+        setting: &'static str,
     },
 
     /// The configured dynamic port range holds no usable port.

@@ -12,6 +12,7 @@
 
 pub mod error;
 pub mod http;
+pub mod liveness;
 pub mod manager;
 pub mod remote_worker;
 pub mod scheduler;
@@ -87,8 +88,17 @@ pub struct ManagerConfig {
     pub command_timeout: Duration,
     /// Host ports handed out as dynamic ports, per node.
     pub dynamic_ports: PortRange,
-    /// Source of timestamps for tasks and events.
+    /// Source of timestamps for tasks and events, and of the monotonic time that liveness
+    /// is judged on.
     pub clock: SharedClock,
+    /// Time within which each worker is expected to report again.
+    pub heartbeat_ttl: Duration,
+    /// Silence allowed beyond `heartbeat_ttl` before a node is declared down and its tasks
+    /// are placed elsewhere.
+    pub heartbeat_grace: Duration,
+    /// Time between two liveness checks; `None` never declares a node down, for embedders
+    /// whose workers send no heartbeats.
+    pub liveness_check_interval: Option<Duration>,
 }
 
 impl ManagerConfig {
@@ -107,7 +117,8 @@ impl ManagerConfig {
     /// # Errors
     ///
     /// Returns [`Error::UnknownPolicy`] for a policy name cube-core does not know, and
-    /// [`Error::InvalidPortRange`] for an empty dynamic port range or one that includes 0.
+    /// [`Error::InvalidPortRange`] for an empty dynamic port range or one that includes 0, and
+    /// [`Error::ZeroDuration`] for a heartbeat TTL or liveness check interval of 0.
     pub fn validate(&self) -> Result<(), Error> {
         if !POLICY_NAMES.contains(&self.scheduler.as_str()) {
             return Err(Error::UnknownPolicy {
@@ -117,6 +128,19 @@ impl ManagerConfig {
         if self.dynamic_ports.is_empty() || self.dynamic_ports.first == 0 {
             return Err(Error::InvalidPortRange {
                 range: self.dynamic_ports.to_string(),
+            });
+        }
+        if self.heartbeat_ttl.is_zero() {
+            return Err(Error::ZeroDuration {
+                setting: "heartbeat TTL",
+            });
+        }
+        if self
+            .liveness_check_interval
+            .is_some_and(|interval| interval.is_zero())
+        {
+            return Err(Error::ZeroDuration {
+                setting: "liveness check interval",
             });
         }
         Ok(())
@@ -131,6 +155,12 @@ impl Default for ManagerConfig {
             command_timeout: Duration::from_secs(10),
             dynamic_ports: PortRange::DEFAULT,
             clock: system_clock(),
+            heartbeat_ttl: liveness::DEFAULT_HEARTBEAT_TTL,
+            heartbeat_grace: liveness::DEFAULT_HEARTBEAT_GRACE,
+            liveness_check_interval: Some(liveness::check_interval_for(
+                liveness::DEFAULT_HEARTBEAT_TTL,
+                liveness::DEFAULT_HEARTBEAT_GRACE,
+            )),
         }
     }
 }

@@ -26,12 +26,23 @@
 //!   back to `pending`.
 //! - A node that a command cannot reach or that times out, or whose report stream breaks, is
 //!   marked `unreachable` and skipped by every policy until it reports again.
+//! - A node silent for the heartbeat TTL plus grace, on the manager's monotonic clock, is
+//!   `down`: its unfinished tasks become `lost`, release their allocations and go back to
+//!   `pending` to be placed on another node as new attempts (see [`crate::liveness`]).
 //!
 //! # Caveats
 //!
-//! - Tasks loaded from a persistent store that were `scheduled` or `running` are not yet
-//!   reconciled with their workers at start-up: they keep their state and hold no allocation.
-//! - A node that stops reporting is never marked down, so its tasks are not placed again.
+//! - Tasks loaded from a persistent store that were `scheduled` or `running` hold no
+//!   allocation until their node registers again; then they are booked and reconciled with
+//!   the worker's records (see `manager/recovery.rs`).
+//! - Changes that follow a worker's report are committed in the background; an API answer or
+//!   a command to a worker waits until every earlier change is durable.
+//! - A node that comes back after being declared down is told to stop each attempt it
+//!   reports or lists that the manager moved elsewhere or ended; one whose stop is lost
+//!   keeps running until the node's next report about it or its next return.
+
+mod node_loss;
+mod recovery;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -41,20 +52,22 @@ use log::{debug, error, info, warn};
 use cube_core::event::TaskEvent;
 use cube_core::ids::{AttemptId, NodeId, TaskId};
 use cube_core::messages::{
-    CommandError, ReportBody, StartTask, StopTask, SubscribeReports, TaskStatusReport,
-    WorkerHandle, WorkerReport,
+    CommandError, ReportBody, StartTask, StopTask, SubscribeReports, TaskHealthReport,
+    TaskStatusReport, WorkerHandle, WorkerReport,
 };
 use cube_core::node::{NodeDescription, NodeStatus};
 use cube_core::scheduler::{Unplaced, policy_by_name};
 use cube_core::spec::{SpecLimits, TaskSpec};
-use cube_core::store::{Batch, NodeRecord, Operation, Store};
+use cube_core::store::{Batch, Committed, NodeRecord, Operation, Store, StoreWriter};
 use cube_core::task::{DesiredState, PortBinding, STOPPED_BY_USER, Task, TaskState};
 use cube_core::wire::NodeView;
 
 use crate::error::error_chain;
+use crate::liveness::Liveness;
 use crate::remote_worker::ReportStreamChanged;
 use crate::scheduler::{
-    Assignment, GetNodes, NodeJoined, NodeUpdated, PlaceRequest, PlaceTasks, ReleaseTask, Scheduler,
+    Assignment, GetNodes, NodeJoined, NodeUpdated, PlaceRequest, PlaceTasks, ReleaseTask,
+    ReservePort, Scheduler,
 };
 use crate::{Error, ManagerConfig};
 
@@ -157,8 +170,17 @@ struct WorkerEntry {
 /// and [`StartTask`], [`StopTask`] and [`SubscribeReports`] to workers.
 pub struct Manager {
     config: ManagerConfig,
-    store: Box<dyn Store>,
+    store: StoreWriter,
+    /// Nodes registered before the last restart, as the store holds them.
+    stored_nodes: Vec<NodeRecord>,
+    /// Submissions whose commit is under way, by id, so that a repeat waits for it.
+    submitting: HashMap<TaskId, TaskSpec>,
+    /// Scheduled or running tasks loaded from the store whose node has not registered yet;
+    /// their allocations are booked and they are reconciled when it does.
+    recovering: HashSet<TaskId>,
     scheduler: Addr<Scheduler>,
+    /// When each node was last heard from, on the manager's monotonic clock.
+    liveness: Liveness,
     tasks: HashMap<TaskId, Task>,
     workers: HashMap<NodeId, WorkerEntry>,
     /// Tasks to try at the next placement pass, oldest first.
@@ -191,9 +213,11 @@ impl Manager {
             .tasks()
             .map_err(|source| Error::LoadStore { source })?;
         stored.sort_by_key(|task| (task.created_at, task.id));
+        let stored_nodes = store
+            .nodes()
+            .map_err(|source| Error::LoadStore { source })?;
+        let recovering = recovery::tasks_to_recover(&stored);
 
-        // TODO: reconcile loaded scheduled and running tasks with their workers once those
-        // register, re-booking their allocations and ports.
         let queued = stored
             .iter()
             .filter(|task| {
@@ -202,11 +226,18 @@ impl Manager {
             .map(|task| task.id)
             .collect();
         let tasks = stored.into_iter().map(|task| (task.id, task)).collect();
+        let store =
+            StoreWriter::spawn("manager", store).map_err(|source| Error::LoadStore { source })?;
         let scheduler = Scheduler::new(policy, config.dynamic_ports).start();
+        let liveness = Liveness::new(config.heartbeat_ttl, config.heartbeat_grace);
         Ok(Self {
             config,
             store,
+            stored_nodes,
+            submitting: HashMap::new(),
+            recovering,
             scheduler,
+            liveness,
             tasks,
             workers: HashMap::new(),
             queued,
@@ -219,6 +250,12 @@ impl Manager {
     /// The scheduler actor this manager places tasks with.
     pub fn scheduler(&self) -> Addr<Scheduler> {
         self.scheduler.clone()
+    }
+
+    /// The nodes the store held when the manager was created, so that a daemon can connect
+    /// the remote workers it knew before a restart.
+    pub fn stored_nodes(&self) -> &[NodeRecord] {
+        &self.stored_nodes
     }
 }
 
@@ -237,37 +274,63 @@ impl Actor for Manager {
         if !self.queued.is_empty() {
             ctx.notify(PlacePending);
         }
+        if let Some(interval) = self.config.liveness_check_interval {
+            ctx.run_interval(interval, Self::check_liveness);
+        }
     }
 }
 
 impl Handler<CreateTask> for Manager {
-    type Result = Result<Submission, Error>;
+    type Result = ResponseActFuture<Self, Result<Submission, Error>>;
 
-    fn handle(&mut self, msg: CreateTask, ctx: &mut Context<Self>) -> Self::Result {
-        msg.spec.validate(&self.config.spec_limits)?;
-        if let Some(id) = msg.id
-            && let Some(existing) = self.tasks.get(&id)
-        {
-            if existing.spec != msg.spec {
-                return Err(Error::Conflict { task_id: id });
+    fn handle(&mut self, msg: CreateTask, _: &mut Context<Self>) -> Self::Result {
+        if let Err(error) = msg.spec.validate(&self.config.spec_limits) {
+            return Box::pin(fut::ready(Err(error.into())));
+        }
+        if let Some(id) = msg.id {
+            if let Some(existing) = self.tasks.get(&id) {
+                return Box::pin(fut::ready(repeated_submission(existing, &msg.spec)));
             }
-            return Ok(Submission {
-                task: existing.clone(),
-                created: false,
-            });
+            if let Some(spec) = self.submitting.get(&id) {
+                if *spec != msg.spec {
+                    return Box::pin(fut::ready(Err(Error::Conflict { task_id: id })));
+                }
+                // The first submission's commit is under way: answer once it is done.
+                return Box::pin(self.store.flushed().into_actor(self).map(move |_, act, _| {
+                    match act.tasks.get(&id) {
+                        Some(existing) => repeated_submission(existing, &msg.spec),
+                        None => Err(Error::SubmissionFailed { task_id: id }),
+                    }
+                }));
+            }
         }
 
         let id = msg.id.unwrap_or_else(TaskId::generate);
         let task = Task::new(id, msg.spec, self.config.clock.now());
-        self.commit(task.clone(), Vec::new())?;
-        info!("task submitted task_id={id} image={}", task.spec.image);
-
-        self.queued.push_back(id);
-        ctx.notify(PlacePending);
-        Ok(Submission {
-            task,
-            created: true,
-        })
+        let mut batch = Batch::new();
+        batch.put_task(task.clone());
+        self.submitting.insert(id, task.spec.clone());
+        // The task enters the cache, and is placed, only once it is durable.
+        Box::pin(
+            self.store
+                .commit(batch)
+                .into_actor(self)
+                .map(move |result, act, ctx| {
+                    act.submitting.remove(&id);
+                    result.map_err(|source| Error::Store {
+                        task_id: id,
+                        source,
+                    })?;
+                    info!("task submitted task_id={id} image={}", task.spec.image);
+                    act.tasks.insert(id, task.clone());
+                    act.queued.push_back(id);
+                    ctx.notify(PlacePending);
+                    Ok(Submission {
+                        task,
+                        created: true,
+                    })
+                }),
+        )
     }
 }
 
@@ -295,9 +358,29 @@ impl Handler<GetTasks> for Manager {
 }
 
 impl Handler<RequestStop> for Manager {
-    type Result = Result<Task, Error>;
+    type Result = ResponseActFuture<Self, Result<Task, Error>>;
 
     fn handle(&mut self, msg: RequestStop, ctx: &mut Context<Self>) -> Self::Result {
+        let task_id = msg.task_id;
+        // The answer waits for the stop to be durable.
+        let (task, committed) = match self.request_stop(msg, ctx) {
+            Ok((task, committed)) => (task, committed.unwrap_or_else(|| self.store.flushed())),
+            Err(error) => return Box::pin(fut::ready(Err(error))),
+        };
+        Box::pin(committed.into_actor(self).map(move |result, _, _| {
+            result.map_err(|source| Error::Store { task_id, source })?;
+            Ok(task)
+        }))
+    }
+}
+
+impl Manager {
+    /// Applies a stop request and returns the task with the commit of its change, if any.
+    fn request_stop(
+        &mut self,
+        msg: RequestStop,
+        ctx: &mut Context<Self>,
+    ) -> Result<(Task, Option<Committed>), Error> {
         let task = self.tasks.get(&msg.task_id).ok_or(Error::TaskNotFound {
             task_id: msg.task_id,
         })?;
@@ -308,7 +391,7 @@ impl Handler<RequestStop> for Manager {
             if matches!(task.state, TaskState::Scheduled | TaskState::Running) {
                 self.send_stop(&task, ctx);
             }
-            return Ok(task);
+            return Ok((task, None));
         }
 
         let mut task = task.clone();
@@ -317,28 +400,28 @@ impl Handler<RequestStop> for Manager {
             "task stop requested task_id={} state={}",
             task.id, task.state
         );
-        match task.state {
+        let committed = match task.state {
             TaskState::Pending => {
                 let event = self.transition(&mut task, TaskState::Completed, STOPPED_BY_USER)?;
-                self.commit(task.clone(), vec![event])?;
+                self.commit(task.clone(), vec![event])?
             }
             TaskState::Scheduled | TaskState::Running => {
-                self.commit(task.clone(), Vec::new())?;
+                let committed = self.commit(task.clone(), Vec::new())?;
                 self.send_stop(&task, ctx);
+                committed
             }
             TaskState::Lost => {
                 // Its node is silent: end the task here, and still ask the node in case it
                 // comes back.
                 let event = self.transition(&mut task, TaskState::Completed, STOPPED_BY_USER)?;
-                self.commit(task.clone(), vec![event])?;
+                let committed = self.commit(task.clone(), vec![event])?;
                 self.send_stop(&task, ctx);
                 self.release(task.id, ctx);
+                committed
             }
-            TaskState::Completed | TaskState::Failed => {
-                self.commit(task.clone(), Vec::new())?;
-            }
-        }
-        Ok(task)
+            TaskState::Completed | TaskState::Failed => self.commit(task.clone(), Vec::new())?,
+        };
+        Ok((task, Some(committed)))
     }
 }
 
@@ -416,11 +499,21 @@ impl Handler<WorkerReport> for Manager {
     type Result = ();
 
     fn handle(&mut self, report: WorkerReport, ctx: &mut Context<Self>) {
-        let Some(entry) = self.workers.get_mut(&report.node) else {
+        if !self.workers.contains_key(&report.node) {
             debug!(
                 "report from unregistered node ignored node_id={}",
                 report.node
             );
+            return;
+        }
+        // Any report proves the node alive, even one already applied.
+        let was_down = self
+            .liveness
+            .heard(&report.node, self.config.clock.monotonic());
+        if was_down {
+            self.node_returned(&report.node, ctx);
+        }
+        let Some(entry) = self.workers.get_mut(&report.node) else {
             return;
         };
         if report.seq <= entry.last_seq {
@@ -455,6 +548,7 @@ impl Handler<WorkerReport> for Manager {
                 ctx.spawn(changed);
             }
             ReportBody::TaskStatus(status) => self.apply_status(&report.node, status, ctx),
+            ReportBody::TaskHealth(health) => self.apply_health(&report.node, health),
         }
     }
 }
@@ -463,6 +557,16 @@ impl Handler<ReportStreamChanged> for Manager {
     type Result = ();
 
     fn handle(&mut self, msg: ReportStreamChanged, ctx: &mut Context<Self>) {
+        if msg.worker_restarted
+            && let Some(entry) = self.workers.get_mut(&msg.node)
+        {
+            // The bridge replays the new process's reports from 1; they were never applied.
+            info!(
+                "worker process restarted, its reports are applied from the start node_id={}",
+                msg.node
+            );
+            entry.last_seq = 0;
+        }
         if !msg.connected {
             self.mark_unreachable(&msg.node, &msg.reason);
             return;
@@ -610,6 +714,7 @@ impl Manager {
         task.node = Some(assignment.node.clone());
         task.attempt = Some(attempt);
         task.container_id = None;
+        task.health = None;
         task.exit_code = None;
         task.pending_reason = None;
         task.host_ports = assignment
@@ -645,8 +750,19 @@ impl Manager {
         }
 
         let timeout = self.config.command_timeout;
-        let sent = async move { handle.start_task(start, timeout).await }
-            .into_actor(self)
+        let durable = self.store.flushed();
+        let sent = async move {
+            // A restarted manager must know every attempt a worker may run.
+            if let Err(error) = durable.await {
+                error!("start not sent, because the placement was not stored task_id={task_id}: {error}");
+                return Err(CommandError::Rejected {
+                    node: handle.node.clone(),
+                    reason: format!("the manager failed to store the placement: {error}"),
+                });
+            }
+            handle.start_task(start, timeout).await
+        }
+        .into_actor(self)
             .map(move |result, act, ctx| act.start_acknowledged(task_id, attempt, result, ctx));
         ctx.spawn(sent);
     }
@@ -722,8 +838,25 @@ impl Manager {
         if contact_lost && let Some(node) = &node {
             self.mark_unreachable(node, &error.to_string());
         }
+        // A port held outside cube is booked after the release, so no placement uses it again
+        // and the task can be placed again at once without a spin.
+        let port_in_use = if let CommandError::PortInUse {
+            node,
+            protocol,
+            port,
+        } = &error
+        {
+            self.scheduler.do_send(ReservePort {
+                node: node.clone(),
+                protocol: *protocol,
+                port: *port,
+            });
+            true
+        } else {
+            false
+        };
         if state == TaskState::Pending {
-            if contact_lost {
+            if contact_lost || port_in_use {
                 // The scheduler now skips the silent node, so another node may take the task
                 // at once without a spin.
                 self.queued.push_back(task_id);
@@ -750,6 +883,10 @@ impl Manager {
                 "report for another attempt ignored task_id={} attempt={} node_id={node}",
                 status.task_id, status.attempt
             );
+            if !status.state.is_terminal() {
+                // A worker back from being down, or one that missed a stop, still runs it.
+                self.stop_if_stale(node, status.task_id, status.attempt, status.replaces, ctx);
+            }
             return;
         }
 
@@ -764,6 +901,7 @@ impl Manager {
             );
             task.attempt = Some(status.attempt);
             task.container_id = None;
+            task.health = None;
         }
         task.restart_count = task.restart_count.max(status.restart_count);
         let event = match status.state {
@@ -842,6 +980,34 @@ impl Manager {
         }
     }
 
+    /// Records a health change of a task's current attempt on `node`, without an event: the
+    /// task's state changes only through the status report that may follow.
+    fn apply_health(&mut self, node: &NodeId, report: TaskHealthReport) {
+        let Some(task) = self.tasks.get(&report.task_id) else {
+            debug!(
+                "health report for unknown task ignored task_id={}",
+                report.task_id
+            );
+            return;
+        };
+        if task.attempt != Some(report.attempt) || task.node.as_ref() != Some(node) {
+            debug!(
+                "health report for another attempt ignored task_id={} attempt={} node_id={node}",
+                report.task_id, report.attempt
+            );
+            return;
+        }
+        info!(
+            "task health changed task_id={} attempt={} status={}",
+            report.task_id, report.attempt, report.health.status
+        );
+        let mut task = task.clone();
+        task.health = Some(report.health);
+        if let Err(error) = self.commit(task, Vec::new()) {
+            error!("{}", error_chain(&error));
+        }
+    }
+
     /// Sends [`StopTask`] for `task`'s current attempt to its node, logging a failure.
     fn send_stop(&self, task: &Task, ctx: &mut Context<Self>) {
         let Some(node) = task.node.as_ref() else {
@@ -863,17 +1029,23 @@ impl Manager {
         let timeout = self.config.command_timeout;
         let task_id = task.id;
         let node = node.clone();
-        let sent = async move { handle.stop_task(stop, timeout).await }
-            .into_actor(self)
-            .map(move |result, act, _| {
-                // TODO: retry the stop from a periodic reconciliation pass.
-                if let Err(error) = result {
-                    warn!("failed to send stop to worker task_id={task_id} error={error}");
-                    if is_contact_lost(&error) {
-                        act.mark_unreachable(&node, &error.to_string());
-                    }
+        let durable = self.store.flushed();
+        let sent = async move {
+            // The stop request is durable first, so a restarted manager never runs the task
+            // again. A stop is sent even when the store failed, since the user asked for it.
+            let _ = durable.await;
+            handle.stop_task(stop, timeout).await
+        }
+        .into_actor(self)
+        .map(move |result, act, _| {
+            // TODO: retry the stop from a periodic reconciliation pass.
+            if let Err(error) = result {
+                warn!("failed to send stop to worker task_id={task_id} error={error}");
+                if is_contact_lost(&error) {
+                    act.mark_unreachable(&node, &error.to_string());
                 }
-            });
+            }
+        });
         ctx.spawn(sent);
     }
 
@@ -891,20 +1063,38 @@ impl Manager {
             node: node.clone(),
             capacity: None,
             metrics: None,
-            status: Some(NodeStatus::Unreachable),
+            status: Some(self.node_status(node)),
         });
     }
 
-    /// Marks `node` ready again because a report arrived from it, and tries the waiting tasks.
+    /// The status the scheduler should hold for `node`: `down` overrides `unreachable`,
+    /// which overrides `ready`.
+    fn node_status(&self, node: &NodeId) -> NodeStatus {
+        if self.liveness.is_down(node) {
+            NodeStatus::Down
+        } else if self
+            .workers
+            .get(node)
+            .is_some_and(|entry| entry.unreachable)
+        {
+            NodeStatus::Unreachable
+        } else {
+            NodeStatus::Ready
+        }
+    }
+
+    /// Sends the scheduler `node`'s status after its `unreachable` or `down` mark was cleared,
+    /// and tries the waiting tasks if the node takes tasks again.
     fn mark_reachable(&mut self, node: &NodeId, ctx: &mut Context<Self>) {
         info!("node reachable again node_id={node}");
-        // NOTE: this replaces any other status the scheduler holds for the node, such as
-        // `draining`; nothing in the manager sets such a status yet.
+        // NOTE: the status is derived from the manager's marks (see `node_status`), so a
+        // report clears `unreachable` without hiding `down`; a `draining` mark would need a
+        // mark of its own there, since nothing in the manager sets that status yet.
         let update = NodeUpdated {
             node: node.clone(),
             capacity: None,
             metrics: None,
-            status: Some(NodeStatus::Ready),
+            status: Some(self.node_status(node)),
         };
         let updated = self
             .scheduler
@@ -954,19 +1144,24 @@ impl Manager {
         Ok(event)
     }
 
-    /// Commits `task` and its `events` in one batch, then updates the cache.
-    fn commit(&mut self, task: Task, events: Vec<TaskEvent>) -> Result<(), Error> {
+    /// Queues `task` and its `events` as one batch on the store writer and updates the cache
+    /// at once.
+    ///
+    /// Commands to workers and API answers wait for [`StoreWriter::flushed`], so nothing
+    /// leaves the manager before the changes it depends on are durable.
+    ///
+    /// Returns the commit's future; dropping it leaves the commit to the writer, which logs a
+    /// failure. NOTE: this never returns `Err` itself, so a caller that drops the future keeps
+    /// a cached change that a failed commit did not store.
+    fn commit(&mut self, task: Task, events: Vec<TaskEvent>) -> Result<Committed, Error> {
         let mut batch = Batch::new();
         batch.put_task(task.clone());
         for event in events {
             batch.append_event(event);
         }
-        self.store.commit(batch).map_err(|source| Error::Store {
-            task_id: task.id,
-            source,
-        })?;
+        let committed = self.store.commit(batch);
         self.tasks.insert(task.id, task);
-        Ok(())
+        Ok(committed)
     }
 
     fn register_worker(
@@ -982,12 +1177,7 @@ impl Manager {
             id: node.clone(),
             address: address.clone(),
         }));
-        self.store
-            .commit(batch)
-            .map_err(|source| Error::StoreNode {
-                node: node.clone(),
-                source,
-            })?;
+        drop(self.store.commit(batch));
 
         // NOTE: a re-registered node resumes after the last report applied from it, so a
         // worker must keep its sequence numbers across restarts.
@@ -1015,9 +1205,28 @@ impl Manager {
             "node joined node_id={node} cpu={} memory={} disk={}",
             description.capacity.cpu, description.capacity.memory, description.capacity.disk
         );
+        // Booked before the placement pass below, so no pending task takes their room.
+        self.recover_node(&node, ctx);
+        if self.liveness.heard(&node, self.config.clock.monotonic()) {
+            self.node_returned(&node, ctx);
+        }
         self.capacity_changed(ctx);
         Ok(node)
     }
+}
+
+/// Answers a submission whose id is stored: the stored task for an identical spec, else
+/// [`Error::Conflict`].
+fn repeated_submission(existing: &Task, spec: &TaskSpec) -> Result<Submission, Error> {
+    if existing.spec != *spec {
+        return Err(Error::Conflict {
+            task_id: existing.id,
+        });
+    }
+    Ok(Submission {
+        task: existing.clone(),
+        created: false,
+    })
 }
 
 /// Whether `error` means the worker could not be reached or did not respond in time, as

@@ -41,7 +41,7 @@ use cube_core::messages::{
     WorkerReport,
 };
 use cube_core::node::NodeDescription;
-use cube_core::wire::ErrorBody;
+use cube_core::wire::{ErrorBody, WORKER_INSTANCE_HEADER};
 use cube_core::worker_task::WorkerTask;
 
 /// First delay before reconnecting the event stream or retrying `GET /node`; it doubles up
@@ -49,6 +49,8 @@ use cube_core::worker_task::WorkerTask;
 const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Maximum delay between two reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Time between two checks whether anyone still holds a handle to the bridge.
+const USERS_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings of a [`RemoteWorker`].
 #[derive(Debug, Clone, Copy)]
@@ -82,6 +84,9 @@ pub struct ReportStreamChanged {
     pub connected: bool,
     /// Why the stream was lost; empty when it opened.
     pub reason: String,
+    /// Whether the stream opened on a new worker process, whose sequence numbers started
+    /// again from 1; the bridge then replays that process's reports from the first.
+    pub worker_restarted: bool,
 }
 
 /// Failure of [`RemoteWorker::connect`].
@@ -219,6 +224,20 @@ impl RemoteWorker {
 
 impl Actor for RemoteWorker {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The event stream keeps the actor alive, so stop it here once every handle is gone,
+        // such as when the manager replaced it; otherwise two bridges would forward reports.
+        ctx.run_interval(USERS_CHECK_INTERVAL, |act, ctx| {
+            if !ctx.connected() {
+                debug!(
+                    "remote worker bridge has no users left node_id={}",
+                    act.node
+                );
+                ctx.stop();
+            }
+        });
+    }
 }
 
 impl Handler<StartTask> for RemoteWorker {
@@ -303,6 +322,7 @@ impl Handler<SubscribeReports> for RemoteWorker {
             idle_timeout: self.config.stream_idle_timeout,
             watcher: self.watcher.clone(),
             lost: false,
+            instance: None,
         };
         // Spawned on this actor's context, so the stream closes when the bridge stops.
         self.stream = Some(ctx.spawn(actix::fut::wrap_future(follower.run())));
@@ -323,6 +343,8 @@ struct EventFollower {
     watcher: Option<WeakRecipient<ReportStreamChanged>>,
     /// Whether the watcher was last told that the stream is lost.
     lost: bool,
+    /// The worker process's instance, from the last stream's response header.
+    instance: Option<String>,
 }
 
 /// Why one connection to the event stream ended.
@@ -391,19 +413,56 @@ impl EventFollower {
         }
     }
 
-    /// Follows one connection until it ends.
-    async fn follow_once(&mut self) -> StreamEnd {
+    /// Opens the stream after `self.after`.
+    async fn open(&self) -> Result<reqwest::Response, StreamEnd> {
         let mut url = self.url.clone();
         url.query_pairs_mut()
             .append_pair("after", &self.after.to_string());
-        let response = match self.client.get(url).send().await {
-            Ok(response) if response.status().is_success() => response,
-            Ok(response) => {
-                return StreamEnd::before_connecting(format!("status {}", response.status()));
-            }
-            Err(error) => return StreamEnd::before_connecting(error_text(&error)),
+        match self.client.get(url).send().await {
+            Ok(response) if response.status().is_success() => Ok(response),
+            Ok(response) => Err(StreamEnd::before_connecting(format!(
+                "status {}",
+                response.status()
+            ))),
+            Err(error) => Err(StreamEnd::before_connecting(error_text(&error))),
+        }
+    }
+
+    /// Records the worker process named by `response`; returns whether it changed.
+    fn note_instance(&mut self, response: &reqwest::Response) -> bool {
+        let instance = response
+            .headers()
+            .get(WORKER_INSTANCE_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .map(str::to_owned);
+        let Some(instance) = instance else {
+            return false;
         };
-        if self.lost {
+        let previous = self.instance.replace(instance);
+        previous.is_some_and(|previous| Some(previous) != self.instance)
+    }
+
+    /// Follows one connection until it ends.
+    async fn follow_once(&mut self) -> StreamEnd {
+        let mut response = match self.open().await {
+            Ok(response) => response,
+            Err(end) => return end,
+        };
+        if self.note_instance(&response) {
+            // The new process numbers its reports from 1 again: read them all.
+            info!(
+                "worker process restarted, replaying its reports node_id={} after={}",
+                self.node, self.after
+            );
+            drop(response);
+            self.after = 0;
+            response = match self.open().await {
+                Ok(response) => response,
+                Err(end) => return end,
+            };
+            self.note_instance(&response);
+            self.tell_watcher_restarted();
+        } else if self.lost {
             self.tell_watcher(true, String::new());
         }
 
@@ -441,6 +500,24 @@ impl EventFollower {
             node: self.node.clone(),
             connected,
             reason,
+            worker_restarted: false,
+        });
+    }
+
+    /// Tells the watcher that the stream is open on a new worker process, before any of
+    /// that process's reports is forwarded.
+    fn tell_watcher_restarted(&mut self) {
+        self.lost = false;
+        let Some(watcher) = self.watcher.as_ref().and_then(WeakRecipient::upgrade) else {
+            return;
+        };
+        // NOTE: the watcher and the report recipient are the same manager mailbox, so this
+        // arrives before the replayed reports, which are sent after it.
+        watcher.do_send(ReportStreamChanged {
+            node: self.node.clone(),
+            connected: true,
+            reason: String::new(),
+            worker_restarted: true,
         });
     }
 
@@ -484,6 +561,8 @@ enum HttpFailure {
     TimedOut,
     Transport(String),
     Status(StatusCode, String),
+    /// The worker answered with the command error itself.
+    Command(CommandError),
 }
 
 impl HttpFailure {
@@ -498,6 +577,7 @@ impl HttpFailure {
                 node,
                 reason: format!("status {}: {reason}", status.as_u16()),
             },
+            HttpFailure::Command(error) => error,
         }
     }
 }
@@ -510,6 +590,7 @@ impl fmt::Display for HttpFailure {
             HttpFailure::Status(status, reason) => {
                 write!(f, "status {}: {reason}", status.as_u16())
             }
+            HttpFailure::Command(error) => write!(f, "{error}"),
         }
     }
 }
@@ -527,10 +608,14 @@ async fn call<T: DeserializeOwned>(
     let status = response.status();
     if !status.is_success() {
         let text = response.text().await.unwrap_or_default();
-        let reason = serde_json::from_str::<ErrorBody>(&text)
-            .map(|body| body.error)
-            .unwrap_or(text);
-        return Err(HttpFailure::Status(status, reason));
+        return Err(match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(ErrorBody {
+                command_error: Some(error @ CommandError::PortInUse { .. }),
+                ..
+            }) => HttpFailure::Command(error),
+            Ok(body) => HttpFailure::Status(status, body.error),
+            Err(_) => HttpFailure::Status(status, text),
+        });
     }
     response.json::<T>().await.map_err(|error| {
         if error.is_timeout() {
@@ -582,6 +667,17 @@ async fn describe_until(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
+}
+
+/// Returns the base URL of the worker at `address` (`http://host:port[/prefix]` or
+/// `host:port`), ending in `/`, so that two spellings of one address compare equal.
+///
+/// # Errors
+///
+/// Returns [`ConnectError::InvalidAddress`] for an address that is not an HTTP URL with a
+/// host.
+pub fn normalize_address(address: &str) -> Result<String, ConnectError> {
+    parse_base_url(address).map(String::from)
 }
 
 /// Turns `http://host:port[/prefix]` or `host:port` into a base URL ending in `/`.

@@ -29,6 +29,10 @@ use cube_core::worker_task::PortMapping;
 
 use crate::PortRange;
 
+mod restore;
+
+pub use restore::{RestoreAllocations, RestoredAllocation};
+
 /// A node registered or re-registered with its capacity.
 ///
 /// A node that is already in the table keeps its allocations and becomes ready again.
@@ -111,6 +115,22 @@ pub struct ReleaseTask {
     pub task_id: TaskId,
 }
 
+/// Marks a host port on a node as held by something outside cube, so that no placement on
+/// that node uses it again.
+///
+/// NOTE: the reservation lasts as long as the scheduler; a port the other process frees is
+/// not handed out again until the manager restarts.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct ReservePort {
+    /// The node.
+    pub node: NodeId,
+    /// Protocol of the port.
+    pub protocol: Protocol,
+    /// The host port.
+    pub port: u16,
+}
+
 /// Returns a copy of the node table, in the order nodes joined.
 #[derive(Debug, Clone, Copy, Default, Message)]
 #[rtype(result = "Vec<NodeSnapshot>")]
@@ -135,8 +155,8 @@ struct DynamicPorts {
 
 /// Holds the node table and decides placements with a [`Policy`].
 ///
-/// Handles [`NodeJoined`], [`NodeUpdated`], [`PlaceTasks`], [`ReleaseTask`] and
-/// [`GetNodes`]; it sends no messages.
+/// Handles [`NodeJoined`], [`NodeUpdated`], [`PlaceTasks`], [`ReleaseTask`],
+/// [`ReservePort`] and [`GetNodes`]; it sends no messages.
 #[derive(Debug)]
 pub struct Scheduler {
     policy: Box<dyn Policy>,
@@ -219,6 +239,22 @@ impl Handler<ReleaseTask> for Scheduler {
 
     fn handle(&mut self, msg: ReleaseTask, _: &mut Context<Self>) -> bool {
         self.release(msg.task_id)
+    }
+}
+
+impl Handler<ReservePort> for Scheduler {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReservePort, _: &mut Context<Self>) {
+        let Some(&index) = self.index.get(&msg.node) else {
+            return;
+        };
+        if !self.nodes[index]
+            .ports_in_use
+            .contains(&(msg.protocol, msg.port))
+        {
+            self.hold_port(index, msg.protocol, msg.port);
+        }
     }
 }
 

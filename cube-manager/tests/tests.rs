@@ -6,13 +6,21 @@
 
 mod util;
 
+mod health;
 mod http_api;
+mod liveness;
 mod manager;
 
 #[cfg(feature = "in-process")]
 mod cluster;
 #[cfg(feature = "in-process")]
 mod docker;
+#[cfg(feature = "in-process")]
+mod join;
+#[cfg(feature = "in-process")]
+mod persistence;
+#[cfg(feature = "in-process")]
+mod port_conflicts;
 #[cfg(feature = "in-process")]
 mod remote;
 #[cfg(feature = "in-process")]

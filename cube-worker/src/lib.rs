@@ -34,10 +34,12 @@
 //!
 //! - [`worker`]: the Worker actor, which handles cube-core's worker messages.
 //! - [`supervisor`]: one TaskSupervisor actor per task attempt.
+//! - [`health`]: one HealthChecker actor per running attempt with a health check.
 //! - [`runtime`]: the container runtime trait; [`docker`] and [`simulated`] implement it.
 //! - [`outbox`]: the ordered, replayable log of reports.
 //! - [`metrics_collector`] and [`host_metrics`]: host metrics sampled off the actor threads.
 //! - [`http`]: the worker's HTTP API.
+//! - [`join`]: joins a manager on the worker's own initiative.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -48,8 +50,10 @@ use cube_core::clock::system_clock;
 use cube_core::{DeclaredCapacity, NodeId, SharedClock, WorkerHandle};
 
 pub mod docker;
+pub mod health;
 pub mod host_metrics;
 pub mod http;
+pub mod join;
 pub mod metrics_collector;
 pub mod outbox;
 pub mod runtime;

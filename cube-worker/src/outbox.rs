@@ -10,13 +10,15 @@
 //! report after it, so a dropped connection loses nothing as long as the outbox still keeps
 //! the reports. The outbox keeps the latest [`DEFAULT_OUTBOX_CAPACITY`] reports by default
 //! and drops older ones; a subscriber that resumes from before the oldest kept report sees a
-//! gap in the sequence numbers.
+//! gap in the sequence numbers. Each outbox has a random instance id, sent with every HTTP
+//! stream, so that a client can tell a restarted worker process from a reconnection.
 
 use std::collections::VecDeque;
 
 use actix::WeakRecipient;
 use cube_core::{NodeId, ReportBody, SharedClock, WorkerReport};
 use tokio::sync::mpsc;
+use uuid::Uuid;
 
 /// Reports kept for replay by default; at a 5 s heartbeat this alone covers about 14 hours.
 pub const DEFAULT_OUTBOX_CAPACITY: usize = 10_000;
@@ -29,6 +31,8 @@ pub const STREAM_BUFFER: usize = 1024;
 #[derive(Debug)]
 pub struct Outbox {
     node: NodeId,
+    /// Random id of this outbox, new in every worker process; see [`Outbox::instance`].
+    instance: Uuid,
     clock: SharedClock,
     capacity: usize,
     last_seq: u64,
@@ -48,6 +52,8 @@ pub struct OutboxStats {
     pub recipients: usize,
     /// Open HTTP streams.
     pub streams: usize,
+    /// The outbox's instance id; see [`Outbox::instance`].
+    pub instance: Uuid,
 }
 
 impl Outbox {
@@ -55,6 +61,7 @@ impl Outbox {
     pub fn new(node: NodeId, clock: SharedClock, capacity: usize) -> Self {
         Self {
             node,
+            instance: Uuid::new_v4(),
             clock,
             capacity: capacity.max(1),
             last_seq: 0,
@@ -62,6 +69,15 @@ impl Outbox {
             recipients: Vec::new(),
             streams: Vec::new(),
         }
+    }
+
+    /// Numbers the reports from `first` on instead of 1; use before the first publish.
+    ///
+    /// A worker starts from a number above any it issued before a restart, so that a manager
+    /// that resumes after the last number it applied misses nothing of the new process.
+    pub fn starting_at(mut self, first: u64) -> Self {
+        self.last_seq = first.saturating_sub(1);
+        self
     }
 
     /// Stamps `body` with the next sequence number, keeps it and delivers it to every
@@ -134,9 +150,19 @@ impl Outbox {
         (self.reports_after(after), receiver)
     }
 
+    /// Returns the random id of this outbox.
+    ///
+    /// Sequence numbers are only comparable between reports of one instance: a worker
+    /// process that restarts without keeping its outbox numbers its reports from 1 again,
+    /// under a new instance id.
+    pub fn instance(&self) -> Uuid {
+        self.instance
+    }
+
     /// Current counts.
     pub fn stats(&self) -> OutboxStats {
         OutboxStats {
+            instance: self.instance,
             last_seq: self.last_seq,
             kept: self.reports.len(),
             recipients: self.recipients.len(),
@@ -218,6 +244,23 @@ mod tests {
         outbox.publish(heartbeat());
         assert_eq!(outbox.stats().streams, 0);
         assert!(outbox.streams.is_empty());
+    }
+
+    #[test]
+    fn numbering_can_start_above_one() {
+        let mut outbox = outbox(10).starting_at(1_000);
+        assert_eq!(outbox.publish(heartbeat()), 1_000);
+        assert_eq!(outbox.publish(heartbeat()), 1_001);
+        assert_eq!(seqs(&outbox.reports_after(0)), vec![1_000, 1_001]);
+        assert_eq!(seqs(&outbox.reports_after(1_000)), vec![1_001]);
+    }
+
+    #[test]
+    fn each_outbox_has_its_own_instance() {
+        let first = outbox(10);
+        let second = outbox(10);
+        assert_ne!(first.instance(), second.instance());
+        assert_eq!(first.stats().instance, first.instance());
     }
 
     #[test]

@@ -116,6 +116,8 @@ struct EngineState {
     default_behaviour: SimulatedBehaviour,
     image_behaviours: HashMap<String, SimulatedBehaviour>,
     missing_images: HashSet<String>,
+    /// Host ports that dynamic ports of an image's containers bind, by container port.
+    image_host_ports: HashMap<String, HashMap<u16, u16>>,
     containers: HashMap<ContainerId, SimulatedContainer>,
     next_container: u64,
     next_dynamic_port: u16,
@@ -174,6 +176,22 @@ impl SimulatedRuntime {
     /// Makes containers of `image` behave as `behaviour` from now on.
     pub fn set_image_behaviour(&self, image: impl Into<String>, behaviour: SimulatedBehaviour) {
         self.lock().image_behaviours.insert(image.into(), behaviour);
+    }
+
+    /// Makes every container of `image` bind `container_port`, when its mapping requests a
+    /// dynamic port, to `host_port` instead of a fresh fake port.
+    ///
+    /// A test points `host_port` at a server of its own, such as an HTTP server on
+    /// 127.0.0.1 that stands in for the container's process for health checks.
+    pub fn set_image_host_port(
+        &self,
+        image: impl Into<String>,
+        container_port: u16,
+        host_port: u16,
+    ) {
+        let mut state = self.lock();
+        let ports = state.image_host_ports.entry(image.into()).or_default();
+        ports.insert(container_port, host_port);
     }
 
     /// Makes `image` absent: a start fails with pull policy `never`, and a pull fails since
@@ -264,9 +282,14 @@ impl SimulatedRuntime {
         let id = ContainerId(format!("{:064x}", state.next_container));
         let mut host_ports = Vec::with_capacity(config.ports.len());
         for mapping in &config.ports {
-            let host_port = match mapping.host_port {
-                Some(port) => port,
-                None => state.allocate_dynamic_port(),
+            let preset = state
+                .image_host_ports
+                .get(&config.image)
+                .and_then(|ports| ports.get(&mapping.container_port))
+                .copied();
+            let host_port = match (mapping.host_port, preset) {
+                (Some(port), _) | (None, Some(port)) => port,
+                (None, None) => state.allocate_dynamic_port(),
             };
             host_ports.push(PortBinding {
                 container_port: mapping.container_port,
@@ -572,6 +595,16 @@ mod tests {
             .unwrap_err();
         assert!(error.to_string().contains("create container a"), "{error}");
         assert_eq!(runtime.container_count(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn image_host_port_replaces_dynamic_port() {
+        let runtime = SimulatedRuntime::default();
+        runtime.set_image_host_port("web", 80, 40123);
+        let preset = runtime.start_container(config("a", "web")).await.unwrap();
+        assert_eq!(preset.host_ports[0].host_port, 40123);
+        let other = runtime.start_container(config("b", "img")).await.unwrap();
+        assert_eq!(other.host_ports[0].host_port, FIRST_DYNAMIC_PORT);
     }
 
     #[tokio::test(start_paused = true)]

@@ -12,6 +12,12 @@
 //! so a restart that the Worker starts on that report never meets the old container's
 //! name or host ports, and then it stops itself. Restart decisions and their back-off belong
 //! to the Worker: each restart is a new attempt with a supervisor of its own.
+//!
+//! While the container runs and the spec has a health check, a [`HealthChecker`] probes it.
+//! The supervisor forwards each [`HealthChanged`] to the Worker. When the checker reports
+//! unhealthy, the supervisor stops the container as for a stop request and ends the attempt
+//! `failed` with the reason "health check failed N times: <last error>", so the Worker's
+//! restart policy applies.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -20,10 +26,11 @@ use std::time::Duration;
 use actix::WeakRecipient;
 use actix::prelude::*;
 use cube_core::{
-    AttemptId, ContainerId, LABEL_ATTEMPT, LABEL_NODE, LABEL_TASK, NodeId, PortBinding,
-    PortMapping, TaskId, TaskSpec, TaskState,
+    AttemptId, ContainerId, HealthStatus, LABEL_ATTEMPT, LABEL_NODE, LABEL_TASK, NodeId,
+    PortBinding, PortMapping, TaskId, TaskSpec, TaskState,
 };
 
+use crate::health::{HealthChanged, HealthChecker, HealthTarget, StopChecks};
 use crate::runtime::{
     ContainerConfig, ContainerExit, RuntimeError, SharedRuntime, StartedContainer, container_name,
     error_chain,
@@ -67,6 +74,8 @@ pub enum AttemptEvent {
         /// The reason, such as "container exited with code 3".
         reason: String,
     },
+    /// The running container's health changed; its state did not.
+    Health(HealthChanged),
 }
 
 /// Stops the attempt: SIGTERM, the spec's grace period, SIGKILL, then removal.
@@ -127,6 +136,9 @@ pub struct TaskSupervisor {
     worker: WeakRecipient<AttemptProgress>,
     phase: Phase,
     stop_reason: Option<String>,
+    /// Why the supervisor itself stops the container: its health check failed.
+    health_failure: Option<String>,
+    health_checker: Option<Addr<HealthChecker>>,
     exit_code: Option<i64>,
     wait_retry: Duration,
 }
@@ -144,6 +156,8 @@ impl TaskSupervisor {
             worker,
             phase: Phase::Starting,
             stop_reason: None,
+            health_failure: None,
+            health_checker: None,
             exit_code: None,
             wait_retry: WAIT_RETRY_MIN,
         }
@@ -225,6 +239,7 @@ impl TaskSupervisor {
             started.id.short()
         );
         self.phase = Phase::Running(started.id.clone());
+        self.start_health_checks(&started.host_ports, ctx);
         self.send(AttemptEvent::Running {
             container_id: started.id.clone(),
             host_ports: started.host_ports,
@@ -299,6 +314,7 @@ impl TaskSupervisor {
 
     fn begin_stop(&mut self, id: ContainerId, ctx: &mut Context<Self>) {
         self.phase = Phase::Stopping(id.clone());
+        self.stop_health_checks();
         let runtime = self.runtime.clone();
         let grace = self.plan.spec.stop_grace_period.get();
         let stop_id = id.clone();
@@ -313,12 +329,12 @@ impl TaskSupervisor {
             Ok::<_, RuntimeError>(exit_code)
         };
         ctx.spawn(stop.into_actor(self).map(move |result, act, ctx| {
-            let reason = act.stop_reason.clone().unwrap_or_default();
+            let (state, reason) = act.stop_outcome();
             match result {
                 Ok(exit_code) => {
                     act.exit_code = exit_code.or(act.exit_code);
                     log::info!("task {} stopped: {reason}", act.plan.task_id);
-                    act.finish(TaskState::Completed, Some(id), reason);
+                    act.finish(state, Some(id), reason);
                 }
                 Err(error) => {
                     // NOTE: no retry; the container may still run and needs removing by hand.
@@ -339,6 +355,7 @@ impl TaskSupervisor {
         ctx: &mut Context<Self>,
     ) {
         self.phase = Phase::Removing(id.clone());
+        self.stop_health_checks();
         let remove = self.runtime.remove_container(&id);
         ctx.spawn(remove.into_actor(self).map(move |result, act, ctx| {
             if let Err(error) = result {
@@ -349,6 +366,83 @@ impl TaskSupervisor {
             act.finish(state, Some(id), reason);
             ctx.stop();
         }));
+    }
+
+    /// Returns the state and reason a completed stop ends the attempt with: a requested stop
+    /// completes it, even one that arrived during a stop for a failed health check.
+    fn stop_outcome(&self) -> (TaskState, String) {
+        match (&self.stop_reason, &self.health_failure) {
+            (Some(reason), _) => (TaskState::Completed, reason.clone()),
+            (None, Some(reason)) => (TaskState::Failed, reason.clone()),
+            (None, None) => (TaskState::Completed, String::new()),
+        }
+    }
+
+    // === health checks ===
+
+    /// Starts the health checker of the running container, if the spec has a health check.
+    fn start_health_checks(&mut self, host_ports: &[PortBinding], ctx: &mut Context<Self>) {
+        let plan = &self.plan;
+        let Some(check) = &plan.spec.health_check else {
+            return;
+        };
+        let target = HealthTarget::resolve(
+            plan.task_id,
+            plan.attempt,
+            check,
+            host_ports,
+            plan.publish_address,
+        );
+        let Some(target) = target else {
+            // NOTE: a started container has every spec port bound, so this needs an adopted
+            // container whose bindings changed; it then runs unchecked.
+            log::warn!(
+                "task {} attempt {} has no host port bound for health check port {}; \
+                 running without health checks",
+                plan.task_id,
+                plan.attempt,
+                check.port
+            );
+            return;
+        };
+        match HealthChecker::new(target, ctx.address().downgrade().recipient()) {
+            Ok(checker) => self.health_checker = Some(checker.start()),
+            Err(error) => log::error!(
+                "task {} attempt {} runs without health checks: failed to build the HTTP \
+                 client: {}",
+                plan.task_id,
+                plan.attempt,
+                error_chain(&error)
+            ),
+        }
+    }
+
+    /// Reads an adopted container's bound ports, then starts its health checks.
+    fn start_adopted_health_checks(&mut self, id: ContainerId, ctx: &mut Context<Self>) {
+        if self.plan.spec.health_check.is_none() {
+            return;
+        }
+        let inspect = self.runtime.inspect_container(&id);
+        ctx.spawn(inspect.into_actor(self).map(move |result, act, ctx| {
+            if act.phase != Phase::Running(id.clone()) {
+                return;
+            }
+            match result {
+                Ok(info) => act.start_health_checks(&info.host_ports, ctx),
+                Err(error) => log::warn!(
+                    "task {} adopted container {} runs without health checks: {}",
+                    act.plan.task_id,
+                    id.short(),
+                    error_chain(&error)
+                ),
+            }
+        }));
+    }
+
+    fn stop_health_checks(&mut self) {
+        if let Some(checker) = self.health_checker.take() {
+            checker.do_send(StopChecks);
+        }
     }
 
     /// Reports the end of the attempt, once; the caller stops the actor after its cleanup.
@@ -395,6 +489,7 @@ impl Actor for TaskSupervisor {
                     container_id.short()
                 );
                 self.phase = Phase::Running(container_id.clone());
+                self.start_adopted_health_checks(container_id.clone(), ctx);
                 self.begin_wait(container_id, ctx);
             }
         }
@@ -416,6 +511,37 @@ impl Handler<StopAttempt> for TaskSupervisor {
             Phase::Running(id) => self.begin_stop(id, ctx),
             // The container already exited; its end is reported once it is removed.
             Phase::Stopping(_) | Phase::Removing(_) | Phase::Ended => {}
+        }
+    }
+}
+
+impl Handler<HealthChanged> for TaskSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: HealthChanged, ctx: &mut Context<Self>) {
+        let Phase::Running(id) = self.phase.clone() else {
+            log::debug!(
+                "health change of task {} after its container stopped running ignored",
+                self.plan.task_id
+            );
+            return;
+        };
+        let unhealthy = msg.status == HealthStatus::Unhealthy;
+        let failures = msg.consecutive_failures;
+        let reason = format!(
+            "health check failed {failures} {}: {}",
+            if failures == 1 { "time" } else { "times" },
+            msg.last_error.as_deref().unwrap_or("no error recorded")
+        );
+        self.send(AttemptEvent::Health(msg));
+        if unhealthy {
+            log::info!(
+                "task {} attempt {} stops: {reason}",
+                self.plan.task_id,
+                self.plan.attempt
+            );
+            self.health_failure = Some(reason);
+            self.begin_stop(id, ctx);
         }
     }
 }

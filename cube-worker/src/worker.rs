@@ -4,8 +4,9 @@
 //! notifies a [`TaskSupervisor`] and replies, without awaiting the container engine. What
 //! the supervisors observe comes back as [`AttemptProgress`], is written to the store and
 //! published through the [`Outbox`] as reports stamped with this worker's node id and
-//! sequence number. A heartbeat report carrying the latest host metrics follows every
-//! heartbeat interval.
+//! sequence number. Health changes of a current attempt are only published, as
+//! `TaskHealth` reports, and never stored. A heartbeat report carrying the latest host
+//! metrics follows every heartbeat interval.
 //!
 //! Per task the worker keeps one record (the current attempt) and at most one supervisor
 //! for it. A start for a new attempt of a task that still runs stops the old attempt first:
@@ -23,14 +24,17 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use cube_core::{
-    AttemptId, Batch, CommandError, DescribeNode, Heartbeat, HostMetrics, ListTasks,
-    NodeDescription, Operation, PortMapping, ReportBody, Resources, SpecLimits, StartTask,
-    StopTask, Store, SubscribeReports, TaskId, TaskState, TaskStatusReport, Timestamp,
-    WorkerReport, WorkerTask,
+    AttemptId, Batch, CommandError, Committed, DescribeNode, Heartbeat, HostMetrics, ListTasks,
+    NodeDescription, Operation, PortMapping, Protocol, ReportBody, Resources, SpecLimits,
+    StartTask, StopTask, Store, StoreError, StoreWriter, SubscribeReports, TaskId, TaskState,
+    TaskStatusReport, Timestamp, WorkerReport, WorkerTask,
 };
 use tokio::sync::mpsc;
 
+mod adoption;
+
 use crate::WorkerConfig;
+use crate::health::HealthChanged;
 use crate::metrics_collector::{CollectorConfig, HostSampled, MetricsCollector, SampleNow};
 use crate::outbox::{Outbox, OutboxStats};
 use crate::runtime::SharedRuntime;
@@ -100,7 +104,10 @@ impl TaskEntry {
 pub struct Worker {
     config: WorkerConfig,
     runtime: SharedRuntime,
-    store: Box<dyn Store>,
+    /// Commits record changes off the actor's thread; `None` when it could not be started.
+    writer: Option<StoreWriter>,
+    /// The records read from the store, until the actor starts and adopts them.
+    loaded: Option<Result<Vec<WorkerTask>, StoreError>>,
     tasks: BTreeMap<TaskId, TaskEntry>,
     outbox: Outbox,
     metrics: Option<HostMetrics>,
@@ -121,18 +128,28 @@ impl std::fmt::Debug for Worker {
 impl Worker {
     /// Creates a worker that runs containers on `runtime` and records attempts in `store`.
     ///
-    /// The store is read when the actor starts; use [`Worker::start`] to start it on the
-    /// current arbiter.
+    /// The store's records are read here and resumed when the actor starts; from then on the
+    /// store belongs to a [`StoreWriter`] thread. Use [`Worker::start`] to start the actor on
+    /// the current arbiter.
     pub fn new(config: WorkerConfig, runtime: SharedRuntime, store: Box<dyn Store>) -> Self {
         let outbox = Outbox::new(
             config.node_id.clone(),
             config.clock.clone(),
             config.outbox_capacity,
-        );
+        )
+        .starting_at(adoption::first_report_seq());
+        let (loaded, writer) = match store.worker_tasks() {
+            Ok(records) => match StoreWriter::spawn(config.node_id.as_str(), store) {
+                Ok(writer) => (Ok(records), Some(writer)),
+                Err(error) => (Err(error), None),
+            },
+            Err(error) => (Err(error), None),
+        };
         Self {
             config,
             runtime,
-            store,
+            writer,
+            loaded: Some(loaded),
             tasks: BTreeMap::new(),
             outbox,
             metrics: None,
@@ -192,6 +209,39 @@ impl Worker {
         }
     }
 
+    /// Rejects the start when another process on this host holds one of `ports`.
+    ///
+    /// NOTE: this sees only ports bound by a listening socket (such as Docker's userland
+    /// proxy); a port Docker forwards with iptables alone shows up as a failed start.
+    fn check_ports_free(&self, ports: &[PortMapping]) -> Result<(), CommandError> {
+        let address = self.config.publish_address;
+        for mapping in ports {
+            let Some(port) = mapping.host_port else {
+                continue;
+            };
+            let target = std::net::SocketAddr::new(address, port);
+            let bound = match mapping.protocol {
+                Protocol::Tcp => std::net::TcpListener::bind(target).map(drop),
+                Protocol::Udp => std::net::UdpSocket::bind(target).map(drop),
+            };
+            if let Err(error) = bound
+                && error.kind() == std::io::ErrorKind::AddrInUse
+            {
+                log::info!(
+                    "start rejected: host port {port}/{} in use node_id={}",
+                    mapping.protocol,
+                    self.config.node_id
+                );
+                return Err(CommandError::PortInUse {
+                    node: self.config.node_id.clone(),
+                    protocol: mapping.protocol,
+                    port,
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn rejected(&self, reason: String) -> CommandError {
         CommandError::Rejected {
             node: self.config.node_id.clone(),
@@ -199,62 +249,29 @@ impl Worker {
         }
     }
 
-    fn save(&mut self, record: &WorkerTask) -> Result<(), cube_core::StoreError> {
+    /// Queues `record` on the store writer; the returned future resolves once it is durable.
+    fn save(&mut self, record: &WorkerTask) -> Committed {
         let mut batch = Batch::new();
         batch.push(Operation::PutWorkerTask(record.clone()));
-        self.store.commit(batch).map(|_| ())
+        match &self.writer {
+            Some(writer) => writer.commit(batch),
+            None => Committed::ready(Err(StoreError::Io {
+                action: "commit",
+                source: "the worker has no store writer".into(),
+            })),
+        }
     }
 
     /// Saves a record after an observed change; a failure is logged, since the change has
     /// already happened and is still reported.
     fn save_observed(&mut self, record: &WorkerTask) {
-        if let Err(error) = self.save(record) {
-            log::error!(
-                "worker {} failed to record task {} as {}: {error}",
-                self.config.node_id,
-                record.task_id,
-                record.state
-            );
-        }
-    }
-
-    fn load_records(&mut self, ctx: &mut Context<Self>) -> Result<(), cube_core::StoreError> {
-        for record in self.store.worker_tasks()? {
-            let task_id = record.task_id;
-            let active = !record.state.is_terminal();
-            let stop_reason = record.stop_requested.then(|| record.reason.clone());
-            let container_id = record.container_id.clone();
-            let next_attempt_at = record.next_attempt_at;
-            self.tasks.insert(task_id, TaskEntry::new(record));
-            if !active {
-                continue;
+        let committed = self.save(record);
+        let (node, task_id, state) = (self.config.node_id.clone(), record.task_id, record.state);
+        actix::spawn(async move {
+            if let Err(error) = committed.await {
+                log::error!("worker {node} failed to record task {task_id} as {state}: {error}");
             }
-
-            // NOTE: containers that carry cube's labels but have no record are not
-            // reconciled yet; only recorded attempts are resumed.
-            let reason = stop_reason.map(Option::unwrap_or_default);
-            let launch = match (container_id, &reason) {
-                (Some(container_id), _) => Launch::Adopt { container_id },
-                (None, Some(reason)) => {
-                    self.end_unstarted(task_id, reason.clone(), ctx);
-                    continue;
-                }
-                (None, None) if let Some(at) = next_attempt_at => {
-                    self.resume_backoff(task_id, at, ctx);
-                    continue;
-                }
-                (None, None) => Launch::Start,
-            };
-            let record = self.tasks[&task_id].record.clone();
-            let supervisor = self.spawn_supervisor(&record, launch, ctx);
-            if let Some(reason) = reason {
-                supervisor.do_send(StopAttempt { reason });
-            }
-            if let Some(entry) = self.tasks.get_mut(&task_id) {
-                entry.supervisor = Some(supervisor);
-            }
-        }
-        Ok(())
+        });
     }
 
     fn spawn_supervisor(
@@ -310,6 +327,10 @@ impl Worker {
                 next_attempt_at: None,
                 replaces: None,
             },
+            AttemptEvent::Health(changed) => {
+                self.publish_health(task_id, attempt, changed.clone());
+                return;
+            }
         };
         // Only the current attempt carries restart details; an earlier one's report is
         // ignored by the manager, and must not claim to replace anything.
@@ -321,6 +342,28 @@ impl Worker {
             report.replaces = entry.record.replaces;
         }
         self.outbox.publish(ReportBody::TaskStatus(report));
+    }
+
+    /// Reports a health change of `task_id`'s current attempt; one of an earlier attempt is
+    /// dropped, since the manager ignores it.
+    fn publish_health(&mut self, task_id: TaskId, attempt: AttemptId, changed: HealthChanged) {
+        let current = self.tasks.get(&task_id);
+        if current.is_none_or(|entry| entry.record.attempt != attempt) {
+            log::debug!("health change of earlier attempt {attempt} of task {task_id} dropped");
+            return;
+        }
+        let health = cube_core::TaskHealth {
+            status: changed.status,
+            consecutive_failures: changed.consecutive_failures,
+            last_error: changed.last_error,
+            since: self.config.clock.now(),
+        };
+        let report = cube_core::TaskHealthReport {
+            task_id,
+            attempt,
+            health,
+        };
+        self.outbox.publish(ReportBody::TaskHealth(report));
     }
 
     /// Ends an attempt that has no supervisor, such as one replaced before it started or one
@@ -378,6 +421,8 @@ impl Worker {
                 record.reason = Some(reason.clone());
                 record.finished_at = Some(now);
             }
+            // Health is reported, not recorded: a restarted worker checks afresh.
+            AttemptEvent::Health(_) => {}
         }
     }
 
@@ -562,7 +607,34 @@ impl Worker {
         record.accepted_at = self.config.clock.now();
         record.started_at = None;
         record.finished_at = None;
-        if let Err(error) = self.save(&record) {
+        let committed = self.save(&record);
+        let recorded = committed
+            .into_actor(self)
+            .map(move |result, act, ctx| act.restart_recorded(task_id, ended, record, result, ctx));
+        ctx.spawn(recorded);
+    }
+
+    /// Starts the restarted attempt `record` once its record is durable, unless the task
+    /// moved on meanwhile.
+    fn restart_recorded(
+        &mut self,
+        task_id: TaskId,
+        ended: AttemptId,
+        record: WorkerTask,
+        result: Result<Vec<u64>, StoreError>,
+        ctx: &mut Context<Self>,
+    ) {
+        let still_due = self.tasks.get(&task_id).is_some_and(|entry| {
+            entry.record.attempt == ended
+                && entry.record.state == TaskState::Scheduled
+                && !entry.record.stop_requested
+                && entry.supervisor.is_none()
+        });
+        if !still_due {
+            log::debug!("task {task_id} restart after attempt {ended} no longer due");
+            return;
+        }
+        if let Err(error) = result {
             // Starting a container the store does not know could make a restarted worker
             // start another one, so the task ends instead.
             let reason = format!(
@@ -654,13 +726,17 @@ impl Actor for Worker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        if let Err(error) = self.load_records(ctx) {
-            log::error!(
-                "worker {} failed to read its store and stops: {error}",
-                self.config.node_id
-            );
-            ctx.stop();
-            return;
+        let loaded = self.loaded.take().unwrap_or_else(|| Ok(Vec::new()));
+        match loaded {
+            Ok(records) => self.adopt(records, ctx),
+            Err(error) => {
+                log::error!(
+                    "worker {} failed to read its store and stops: {error}",
+                    self.config.node_id
+                );
+                ctx.stop();
+                return;
+            }
         }
 
         match self.config.metrics_interval {
@@ -697,21 +773,53 @@ impl Actor for Worker {
 }
 
 impl Handler<StartTask> for Worker {
-    type Result = Result<(), CommandError>;
+    type Result = ResponseActFuture<Self, Result<(), CommandError>>;
 
     fn handle(&mut self, msg: StartTask, ctx: &mut Context<Self>) -> Self::Result {
+        let (task_id, attempt) = (msg.task_id, msg.attempt);
+        // The acknowledgement waits until the record is durable; a repeat waits for the first.
+        let committed = match self.accept_start(msg, ctx) {
+            Ok(Some(committed)) => committed,
+            Ok(None) => self.flushed(),
+            Err(error) => return Box::pin(fut::ready(Err(error))),
+        };
+        Box::pin(committed.into_actor(self).map(move |result, act, _| {
+            let Err(error) = result else {
+                return Ok(());
+            };
+            act.abandon_unrecorded(task_id, attempt);
+            Err(act.rejected(format!(
+                "failed to record task {task_id} attempt {attempt}: {error}"
+            )))
+        }))
+    }
+}
+
+impl Worker {
+    /// Records and starts a new attempt; returns its commit, or `None` for an attempt that
+    /// was accepted before.
+    fn accept_start(
+        &mut self,
+        msg: StartTask,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<Committed>, CommandError> {
         let task_id = msg.task_id;
         if let Some(entry) = self.tasks.get(&task_id)
             && entry.record.attempt == msg.attempt
         {
             log::debug!("task {task_id} attempt {} already accepted", msg.attempt);
-            return Ok(());
+            return Ok(None);
         }
         msg.spec
             .validate(&SpecLimits::default())
             .map_err(|error| self.rejected(format!("task {task_id} has an {error}")))?;
         let ports =
             resolve_ports(&msg).map_err(|e| self.rejected(format!("task {task_id}: {e}")))?;
+        if !self.tasks.contains_key(&task_id) {
+            // An earlier attempt of the same task may still hold its ports until it ends;
+            // for a new task, a held port means another process on this host has it.
+            self.check_ports_free(&ports)?;
+        }
 
         let record = WorkerTask {
             task_id,
@@ -731,12 +839,7 @@ impl Handler<StartTask> for Worker {
             next_attempt_at: None,
             replaces: None,
         };
-        self.save(&record).map_err(|error| {
-            self.rejected(format!(
-                "failed to record task {task_id} attempt {}: {error}",
-                msg.attempt
-            ))
-        })?;
+        let committed = self.save(&record);
 
         let reason = format!("replaced by attempt {}", msg.attempt);
         if let Some(old) = self.tasks.get(&task_id)
@@ -776,17 +879,66 @@ impl Handler<StartTask> for Worker {
                 restart_timer: None,
             },
         );
-        Ok(())
+        Ok(Some(committed))
+    }
+
+    /// Stops `attempt` of `task_id`, whose record failed to commit, so that nothing runs
+    /// that a restarted worker would not know.
+    fn abandon_unrecorded(&mut self, task_id: TaskId, attempt: AttemptId) {
+        let Some(entry) = self.tasks.get(&task_id) else {
+            return;
+        };
+        if entry.record.attempt != attempt {
+            return;
+        }
+        if let Some(supervisor) = &entry.supervisor {
+            supervisor.do_send(StopAttempt {
+                reason: "the worker failed to record the attempt".to_owned(),
+            });
+        }
+    }
+
+    /// Returns a future that resolves once every record change queued so far is durable.
+    fn flushed(&self) -> Committed {
+        match &self.writer {
+            Some(writer) => writer.flushed(),
+            None => Committed::ready(Ok(Vec::new())),
+        }
     }
 }
 
 impl Handler<StopTask> for Worker {
-    type Result = Result<(), CommandError>;
+    type Result = ResponseActFuture<Self, Result<(), CommandError>>;
 
     fn handle(&mut self, msg: StopTask, ctx: &mut Context<Self>) -> Self::Result {
+        let task_id = msg.task_id;
+        // The acknowledgement waits until the stop request is durable.
+        let committed = match self.accept_stop(msg, ctx) {
+            Ok(Some(committed)) => committed,
+            Ok(None) => self.flushed(),
+            Err(error) => return Box::pin(fut::ready(Err(error))),
+        };
+        Box::pin(committed.into_actor(self).map(move |result, act, _| {
+            result.map(drop).map_err(|error| {
+                act.rejected(format!(
+                    "failed to record the stop of task {task_id}: {error}"
+                ))
+            })
+        }))
+    }
+}
+
+impl Worker {
+    /// Applies a stop request; returns the commit of the changed record, or `None` when
+    /// nothing changed.
+    fn accept_stop(
+        &mut self,
+        msg: StopTask,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<Committed>, CommandError> {
         let Some(entry) = self.tasks.get_mut(&msg.task_id) else {
             log::debug!("stop of unknown task {} ignored", msg.task_id);
-            return Ok(());
+            return Ok(None);
         };
         // A manager that has not yet seen a local restart names the attempt it replaced.
         let record = &entry.record;
@@ -795,25 +947,20 @@ impl Handler<StopTask> for Worker {
             .is_some_and(|attempt| attempt != record.attempt && Some(attempt) != record.replaces)
         {
             log::debug!("stop of an earlier attempt of task {} ignored", msg.task_id);
-            return Ok(());
+            return Ok(None);
         }
         if entry.record.stop_requested || entry.record.state.is_terminal() {
-            return Ok(());
+            return Ok(None);
         }
 
         let mut record = entry.record.clone();
         record.stop_requested = true;
         // Kept so that a restarted worker can finish the stop with the same reason.
         record.reason = Some(msg.reason.clone());
-        self.save(&record).map_err(|error| {
-            self.rejected(format!(
-                "failed to record the stop of task {}: {error}",
-                msg.task_id
-            ))
-        })?;
+        let committed = self.save(&record);
 
         let Some(entry) = self.tasks.get_mut(&msg.task_id) else {
-            return Ok(());
+            return Ok(Some(committed));
         };
         entry.record = record;
         log::info!("task {} stop requested: {}", msg.task_id, msg.reason);
@@ -821,7 +968,7 @@ impl Handler<StopTask> for Worker {
             Some(supervisor) => supervisor.do_send(StopAttempt { reason: msg.reason }),
             None => self.end_unstarted(msg.task_id, msg.reason, ctx),
         }
-        Ok(())
+        Ok(Some(committed))
     }
 }
 
@@ -889,6 +1036,10 @@ impl Handler<AttemptProgress> for Worker {
             attempt,
             event,
         } = msg;
+        if let AttemptEvent::Health(changed) = event {
+            self.publish_health(task_id, attempt, changed);
+            return;
+        }
         let ended = matches!(event, AttemptEvent::Ended { .. });
         let current = self
             .tasks

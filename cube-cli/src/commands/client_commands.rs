@@ -129,9 +129,9 @@ pub fn node_table(nodes: &[NodeView]) -> String {
         [
             "ID",
             "STATUS",
-            "CPU (ALLOC/CAP)",
-            "MEMORY (ALLOC/CAP)",
-            "DISK (ALLOC/CAP)",
+            "CPU ALLOC/CAP (FREE)",
+            "MEMORY ALLOC/CAP (FREE)",
+            "DISK ALLOC/CAP (FREE)",
             "TASKS",
             "ADDRESS",
         ]
@@ -145,9 +145,18 @@ pub fn node_table(nodes: &[NodeView]) -> String {
                 .ok()
                 .and_then(|value| value.as_str().map(str::to_owned))
                 .unwrap_or_default(),
-            format!("{:.2}/{:.2}", node.allocated.cpu, node.capacity.cpu),
-            format!("{}/{}", node.allocated.memory, node.capacity.memory),
-            format!("{}/{}", node.allocated.disk, node.capacity.disk),
+            format!(
+                "{:.2}/{:.2} ({:.2})",
+                node.allocated.cpu, node.capacity.cpu, node.free.cpu
+            ),
+            format!(
+                "{}/{} ({})",
+                node.allocated.memory, node.capacity.memory, node.free.memory
+            ),
+            format!(
+                "{}/{} ({})",
+                node.allocated.disk, node.capacity.disk, node.free.disk
+            ),
             node.task_count.to_string(),
             node.address.clone().unwrap_or_else(|| "in-process".into()),
         ]);

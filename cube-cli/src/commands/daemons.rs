@@ -10,15 +10,19 @@ use std::time::{Duration, Instant};
 use actix::{Actor, Addr};
 use anyhow::{Context, Result, bail};
 use cube_core::scheduler::POLICY_NAMES;
-use cube_core::{DeclaredCapacity, MemoryStore, NodeId};
+use cube_core::{DeclaredCapacity, NodeId};
 use cube_manager::cluster::{ClusterBuilder, WorkerOptions};
 use cube_manager::http::HttpConfig;
+use cube_manager::liveness::check_interval_for;
 use cube_manager::manager::{AddWorker, GetTasks, RequestStop};
 use cube_manager::remote_worker::RemoteWorkerConfig;
+use cube_manager::remote_worker::normalize_address;
 use cube_manager::{Manager, ManagerConfig, RemoteWorker};
+use cube_worker::join::{JoinConfig, Joiner};
 use cube_worker::{DockerConfig, DockerRuntime, Worker, WorkerConfig};
 
-use crate::args::{CapacityArgs, DevArgs, ManagerArgs, WorkerArgs};
+use crate::args::{CapacityArgs, DevArgs, ManagerArgs, StoreKind, WorkerArgs};
+use crate::commands::store::StoreChoice;
 
 /// Time allowed for tasks to stop when `cube dev` shuts down, beyond their grace periods.
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(5);
@@ -27,10 +31,17 @@ const RECONNECT_DELAY: Duration = Duration::from_secs(5);
 
 /// Runs the manager daemon until a signal arrives.
 pub async fn manager(args: ManagerArgs) -> Result<()> {
-    let config = manager_config(&args.scheduler)?;
-    let manager = Manager::new(config, Box::new(MemoryStore::new()))
-        .context("failed to create the manager")?
-        .start();
+    let mut config = manager_config(&args.scheduler)?;
+    config.heartbeat_ttl = args.heartbeat_ttl.get();
+    config.heartbeat_grace = args.heartbeat_grace.get();
+    config.liveness_check_interval = Some(check_interval_for(
+        config.heartbeat_ttl,
+        config.heartbeat_grace,
+    ));
+    let store = StoreChoice::resolve(&args.store, "manager", StoreKind::Persistent)?;
+    let manager = Manager::new(config, store.open()?).context("failed to create the manager")?;
+    let known_workers = stored_worker_addresses(&manager, &args.workers);
+    let manager = manager.start();
     let (server, address) = cube_manager::http::serve(
         manager.clone(),
         SocketAddr::new(args.host, args.port),
@@ -41,11 +52,12 @@ pub async fn manager(args: ManagerArgs) -> Result<()> {
     let handle = server.handle();
     actix::spawn(server);
     log::info!(
-        "manager started address={address} scheduler={}",
-        args.scheduler
+        "manager started address={address} scheduler={} store={}",
+        args.scheduler,
+        store.describe()
     );
 
-    for worker in args.workers {
+    for worker in args.workers.into_iter().chain(known_workers) {
         actix::spawn(connect_worker(manager.clone(), worker));
     }
 
@@ -64,15 +76,26 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         None => default_node_name()?,
     };
     let node = NodeId::new(name).context("invalid --name")?;
+    // Bind once before any actor starts, so a port in use fails start-up with one clear error.
+    let bind = SocketAddr::new(args.host, args.port);
+    if args.port != 0 {
+        std::net::TcpListener::bind(bind)
+            .with_context(|| format!("failed to listen on {bind}; choose another --port"))?;
+    }
     let runtime = DockerRuntime::connect(&DockerConfig::default())
         .await
         .context("failed to connect to the Docker Engine; start dockerd or set DOCKER_HOST")?;
     let mut config = WorkerConfig::new(node.clone());
     config.capacity = declared_capacity(&args.capacity)?;
     config.publish_address = args.publish_address;
-    // TODO: keep the worker's records in a persistent store so that a restarted worker
-    // adopts the containers it started.
-    let worker = Worker::start(config, Arc::new(runtime), Box::new(MemoryStore::new()));
+    config.heartbeat_interval = args.heartbeat_interval.get();
+    let store = StoreChoice::resolve(
+        &args.store,
+        &format!("worker-{node}"),
+        StoreKind::Persistent,
+    )?;
+    log::info!("worker store node_id={node} store={}", store.describe());
+    let worker = Worker::start(config, Arc::new(runtime), store.open()?);
     let (server, address) = cube_worker::http::serve(
         worker,
         SocketAddr::new(args.host, args.port),
@@ -83,6 +106,12 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     let handle = server.handle();
     actix::spawn(server);
     log::info!("worker started node_id={node} address={address}");
+    if let Some(manager) = args.manager {
+        let advertise = advertise_address(args.advertise.as_deref(), address)?;
+        let joiner = Joiner::new(JoinConfig::new(manager, advertise, node.clone()))
+            .context("invalid --manager")?;
+        actix::spawn(joiner.run());
+    }
 
     wait_for_signal().await?;
     log::info!("worker stopping node_id={node}; its containers keep running");
@@ -96,9 +125,14 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
 pub async fn dev(args: DevArgs) -> Result<()> {
     let config = manager_config(&args.scheduler)?;
     let capacity = declared_capacity(&args.capacity)?;
+    let data_dir = match StoreChoice::resolve(&args.store, "dev", StoreKind::Memory)? {
+        StoreChoice::Memory => None,
+        StoreChoice::Persistent(dir) => Some(dir),
+    };
     let mut builder = ClusterBuilder::new()
         .manager_config(config)
-        .docker(DockerConfig::default());
+        .docker(DockerConfig::default())
+        .data_dir(data_dir);
     for index in 0..args.workers {
         // Each worker publishes on its own loopback address because each hands out dynamic
         // host ports on its own.
@@ -165,6 +199,17 @@ fn declared_capacity(args: &CapacityArgs) -> Result<DeclaredCapacity> {
         memory: args.memory,
         disk: args.disk,
     })
+}
+
+/// The addresses of remote workers the manager's store knows that `listed` does not name,
+/// so that a restarted manager reconnects them.
+fn stored_worker_addresses(manager: &Manager, listed: &[String]) -> Vec<String> {
+    manager
+        .stored_nodes()
+        .iter()
+        .filter_map(|node| node.address.clone())
+        .filter(|address| !listed.contains(address))
+        .collect()
 }
 
 /// Connects a worker listed on the command line, retrying until it answers.
@@ -251,4 +296,22 @@ fn default_node_name() -> Result<String> {
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .context("failed to read the host name; pass --name")?;
     Ok(hostname.trim().to_owned())
+}
+
+/// Returns the URL at which the manager reaches this worker: `--advertise`, or the address
+/// the worker's API is bound to.
+fn advertise_address(advertise: Option<&str>, bound: SocketAddr) -> Result<String> {
+    let address = match advertise {
+        Some(advertise) => advertise.trim().to_owned(),
+        None if bound.ip().is_unspecified() => bail!(
+            "--manager needs --advertise when the worker listens on {}, which the manager \
+             cannot connect to; pass the address the manager should use, such as \
+             http://10.0.0.5:{}",
+            bound.ip(),
+            bound.port()
+        ),
+        None => format!("http://{bound}"),
+    };
+    normalize_address(&address).with_context(|| format!("invalid --advertise '{address}'"))?;
+    Ok(address)
 }

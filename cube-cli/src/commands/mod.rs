@@ -2,3 +2,4 @@
 
 pub mod client_commands;
 pub mod daemons;
+pub mod store;

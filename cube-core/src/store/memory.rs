@@ -49,6 +49,10 @@ impl Store for MemoryStore {
         Ok(self.worker_tasks.values().cloned().collect())
     }
 
+    fn is_in_memory(&self) -> bool {
+        true
+    }
+
     fn commit(&mut self, batch: Batch) -> Result<Vec<u64>, StoreError> {
         // Nothing here can fail, so applying in place is atomic.
         let mut seqs = Vec::new();

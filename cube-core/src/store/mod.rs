@@ -7,12 +7,14 @@
 
 mod memory;
 mod redb;
+mod writer;
 
 #[cfg(test)]
 mod contract_tests;
 
 pub use self::redb::{RedbStore, STORE_FILE_NAME};
 pub use memory::MemoryStore;
+pub use writer::{Committed, StoreWriter};
 
 use serde::{Deserialize, Serialize};
 
@@ -181,4 +183,9 @@ pub trait Store: Send + 'static {
     ///
     /// Returns [`StoreError`] and stores nothing when any part fails.
     fn commit(&mut self, batch: Batch) -> Result<Vec<u64>, StoreError>;
+    /// Whether a commit returns at once without disk I/O, so that a [`StoreWriter`] may
+    /// commit on the caller's thread instead of its own; `false` unless overridden.
+    fn is_in_memory(&self) -> bool {
+        false
+    }
 }

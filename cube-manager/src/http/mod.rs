@@ -7,6 +7,8 @@
 //! | `GET /tasks/{id}` | `TaskView`, or 404 |
 //! | `DELETE /tasks/{id}` | 202 with the `TaskView`: sets the desired state to `stopped` |
 //! | `GET /nodes` | `[NodeView]`: capacity, allocated, free, task count, status, metrics |
+//! | `GET /nodes/{id}` | `NodeView`, or 404 |
+//! | `POST /nodes` with a [`cube_core::wire::JoinNode`] body | 201 with the new `NodeView`, 200 when that address is registered already, 502 when the worker cannot be reached |
 //!
 //! A repeated `POST /tasks` with a client-supplied id answers 200 with the stored
 //! [`cube_core::wire::TaskView`] when the spec is identical, and 409 when it differs.
@@ -125,7 +127,12 @@ fn routes(config: &mut web::ServiceConfig) {
                 .route(web::get().to(tasks::get))
                 .route(web::delete().to(tasks::stop)),
         )
-        .service(web::resource("/nodes").route(web::get().to(nodes::list)))
+        .service(
+            web::resource("/nodes")
+                .route(web::get().to(nodes::list))
+                .route(web::post().to(nodes::join)),
+        )
+        .service(web::resource("/nodes/{id}").route(web::get().to(nodes::get)))
         .default_service(web::to(not_found));
 }
 

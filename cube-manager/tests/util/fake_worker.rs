@@ -56,6 +56,8 @@ pub struct FakeWorker {
     stops: Vec<StopTask>,
     subscriber: Option<WeakRecipient<WorkerReport>>,
     seq: u64,
+    /// What `ListTasks` returns; empty unless [`SetListedTasks`] sets it.
+    listed: Vec<WorkerTask>,
 }
 
 impl FakeWorker {
@@ -69,6 +71,7 @@ impl FakeWorker {
             stops: Vec::new(),
             subscriber: None,
             seq: 0,
+            listed: Vec::new(),
         }
         .start();
         let handle = WorkerHandle::from_addr(node, &addr);
@@ -163,7 +166,7 @@ impl Handler<ListTasks> for FakeWorker {
     type Result = Result<Vec<WorkerTask>, CommandError>;
 
     fn handle(&mut self, _: ListTasks, _: &mut Context<Self>) -> Self::Result {
-        Ok(Vec::new())
+        Ok(self.listed.clone())
     }
 }
 
@@ -282,4 +285,17 @@ pub fn heartbeat(capacity: Resources) -> ReportBody {
         capacity,
         metrics: None,
     })
+}
+
+/// Sets what the fake worker answers to `ListTasks`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SetListedTasks(pub Vec<WorkerTask>);
+
+impl Handler<SetListedTasks> for FakeWorker {
+    type Result = ();
+
+    fn handle(&mut self, msg: SetListedTasks, _: &mut Context<Self>) {
+        self.listed = msg.0;
+    }
 }

@@ -5,15 +5,20 @@
 //! stream stays open; heartbeats keep it from going idle. A client that reconnects with the
 //! last sequence number it read loses nothing the outbox still keeps. When the client
 //! disconnects, actix-web drops the body, which closes the outbox's channel.
+//!
+//! The response carries the outbox's instance id in the
+//! [`cube_core::wire::WORKER_INSTANCE_HEADER`] header, so that a client that reconnects can
+//! tell whether it reached a new worker process, whose sequence numbers started again.
 
 use actix_web::{HttpResponse, web};
 use bytes::Bytes;
 use cube_core::WorkerReport;
+use cube_core::wire::WORKER_INSTANCE_HEADER;
 use futures_util::{StreamExt, stream};
 use serde::Deserialize;
 
 use super::{ApiError, ApiState};
-use crate::worker::{OpenReportStream, ReportStream};
+use crate::worker::{GetOutboxStats, OpenReportStream, ReportStream};
 
 /// Query of `GET /events`.
 #[derive(Debug, Deserialize)]
@@ -32,6 +37,12 @@ pub(super) async fn stream_events(
         })?,
         None => 0,
     };
+    let stats = state
+        .worker
+        .send(GetOutboxStats)
+        .timeout(state.actor_timeout)
+        .await
+        .map_err(|error| ApiError::from_mailbox(error, state.actor_timeout))?;
     let ReportStream { replay, live } = state
         .worker
         .send(OpenReportStream { after })
@@ -48,6 +59,7 @@ pub(super) async fn stream_events(
     Ok(HttpResponse::Ok()
         .content_type("application/x-ndjson")
         .insert_header(("cache-control", "no-cache"))
+        .insert_header((WORKER_INSTANCE_HEADER, stats.instance.to_string()))
         .streaming(lines))
 }
 

@@ -58,6 +58,7 @@ pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
             ErrorBody {
                 error: message,
                 field,
+                command_error: None,
             },
         )
     })?;

@@ -173,13 +173,16 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, ErrorBody::for_field(field, error))
     }
 
-    /// Maps a Worker's refusal to 409 and its unavailability to 503.
+    /// Maps a Worker's refusal to 409 and its unavailability to 503; the body carries the
+    /// command error itself so that a manager's bridge can rebuild it.
     fn from_command(error: CommandError) -> Self {
         let status = match error {
-            CommandError::Rejected { .. } => StatusCode::CONFLICT,
+            CommandError::Rejected { .. } | CommandError::PortInUse { .. } => StatusCode::CONFLICT,
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        Self::new(status, ErrorBody::new(error.to_string()))
+        let mut body = ErrorBody::new(error.to_string());
+        body.command_error = Some(error);
+        Self::new(status, body)
     }
 
     /// Maps a failed call to the Worker actor to 503.

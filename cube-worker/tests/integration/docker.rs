@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use actix::Addr;
 use cube_core::{
-    ByteSize, DurationSpec, LABEL_NODE, LABEL_TASK, PullPolicy, RESTART_JITTER, ReportBody,
-    RestartMode, RestartPolicy, STOPPED_BY_USER, StopTask, TaskState,
+    ByteSize, DurationSpec, HealthCheck, HealthStatus, LABEL_NODE, LABEL_TASK, PullPolicy,
+    RESTART_JITTER, ReportBody, RestartMode, RestartPolicy, STOPPED_BY_USER, StopTask, TaskState,
 };
 use cube_worker::runtime::{ContainerConfig, ContainerExit, ContainerRuntime, RuntimeError};
 use cube_worker::{DockerConfig, DockerRuntime, Worker};
@@ -418,6 +418,110 @@ async fn docker_always_restart_backs_off_and_bounds_containers() {
             .await
             .unwrap();
         assert!(left.is_empty(), "containers left behind: {left:?}");
+    })
+    .await;
+}
+
+#[actix::test]
+async fn docker_httpd_health_checks_pass_and_missing_path_restarts() {
+    let (runtime, cleanup) = setup(Duration::from_secs(60)).await;
+    bounded(async {
+        let worker = docker_worker(&runtime, &cleanup);
+        let mut probe = ReportProbe::subscribe(&worker, 0);
+        let checked_httpd = |path: &str| {
+            let mut spec = spec_with_port(IMAGE, 80);
+            spec.command = ["httpd", "-f", "-p", "80", "-h", "/www"]
+                .map(String::from)
+                .to_vec();
+            spec.stop_grace_period = DurationSpec::from_secs(2);
+            spec.health_check = Some(HealthCheck {
+                path: path.into(),
+                port: 80,
+                interval: DurationSpec::from_millis(500),
+                timeout: DurationSpec::from_millis(400),
+                failure_threshold: 2,
+            });
+            spec
+        };
+        let served = start_msg(checked_httpd("/index.html"));
+        let mut missing_spec = checked_httpd("/missing.html");
+        missing_spec.restart_policy = RestartPolicy {
+            mode: RestartMode::OnFailure,
+            max_attempts: 1,
+            backoff: DurationSpec::from_millis(200),
+            max_backoff: DurationSpec::from_secs(1),
+        };
+        let missing = start_msg(missing_spec);
+        let (served_id, missing_id) = (served.task_id, missing.task_id);
+        worker.send(served).await.unwrap().unwrap();
+        worker.send(missing).await.unwrap().unwrap();
+
+        let mut served_health = Vec::new();
+        let mut missing_health = Vec::new();
+        let mut missing_states = Vec::new();
+        let missing_end = loop {
+            match probe.next().await.body {
+                ReportBody::TaskHealth(report) if report.task_id == served_id => {
+                    served_health.push(report.health);
+                }
+                ReportBody::TaskHealth(report) if report.task_id == missing_id => {
+                    missing_health.push(report.health);
+                }
+                ReportBody::TaskStatus(status) if status.task_id == missing_id => {
+                    missing_states.push(status.state);
+                    if status.state.is_terminal() {
+                        break status;
+                    }
+                }
+                _ => {}
+            }
+        };
+
+        let not_found = "GET /missing.html returned 404 Not Found";
+        assert_eq!(
+            missing_states,
+            vec![
+                TaskState::Running,
+                TaskState::Scheduled,
+                TaskState::Running,
+                TaskState::Failed
+            ]
+        );
+        assert_eq!(
+            missing_end.reason,
+            format!("health check failed 2 times: {not_found}; restart limit of 1 reached")
+        );
+        assert_eq!(missing_health.len(), 2, "{missing_health:#?}");
+        for health in &missing_health {
+            assert_eq!(health.status, HealthStatus::Unhealthy);
+            assert_eq!(health.last_error.as_deref(), Some(not_found));
+        }
+        let container = missing_end.container_id.expect("the container was created");
+        let gone = runtime.inspect_container(&container).await;
+        assert!(
+            matches!(gone, Err(RuntimeError::ContainerNotFound { .. })),
+            "unhealthy container still exists: {gone:?}"
+        );
+
+        // By now the served task has had several checks; it is healthy and still running.
+        assert_eq!(served_health.len(), 1, "{served_health:#?}");
+        assert_eq!(served_health[0].status, HealthStatus::Healthy);
+        let statuses = probe.statuses_of(served_id);
+        assert_eq!(statuses.len(), 1, "{statuses:#?}");
+        assert_eq!(statuses[0].state, TaskState::Running);
+
+        let stop = StopTask {
+            task_id: served_id,
+            attempt: None,
+            reason: STOPPED_BY_USER.into(),
+        };
+        worker.send(stop).await.unwrap().unwrap();
+        probe.wait_status(served_id, TaskState::Completed).await;
+        let left = runtime
+            .list_containers(LABEL_NODE, Some(&cleanup.node))
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "containers left: {left:?}");
     })
     .await;
 }

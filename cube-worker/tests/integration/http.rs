@@ -211,7 +211,11 @@ async fn rejected_spec_gets_409() {
     let response = api.post_raw(&start.to_string()).await;
     assert_eq!(response.status(), 409);
     let body = error_body(response).await;
-    assert!(body.error.contains("restart_policy.backoff"), "{}", body.error);
+    assert!(
+        body.error.contains("restart_policy.backoff"),
+        "{}",
+        body.error
+    );
     api.stop().await;
 }
 
@@ -360,7 +364,12 @@ async fn events_stream_replays_then_follows() {
     assert_eq!(content_type, "application/x-ndjson");
     let mut lines = LineReader::new(response);
     let replayed = lines.next_report().await;
-    assert_eq!(replayed.seq, 1);
+    let stats = api.worker.send(GetOutboxStats).await.unwrap();
+    assert_eq!(
+        replayed.seq,
+        stats.last_seq + 1 - stats.kept as u64,
+        "replay starts at the oldest"
+    );
     assert!(matches!(replayed.body, ReportBody::TaskStatus(ref s) if s.task_id == first.task_id));
 
     let second = start_msg(spec_with_port("img", 80));
@@ -371,17 +380,17 @@ async fn events_stream_replays_then_follows() {
         .await
         .unwrap();
     let live = lines.next_report().await;
-    assert_eq!(live.seq, 2);
+    assert_eq!(live.seq, replayed.seq + 1);
     assert!(matches!(live.body, ReportBody::TaskStatus(ref s) if s.task_id == second.task_id));
 
     let resumed = api
         .client
-        .get(api.url("/events?after=1"))
+        .get(api.url(&format!("/events?after={}", replayed.seq)))
         .send()
         .await
         .unwrap();
     let mut resumed = LineReader::new(resumed);
-    assert_eq!(resumed.next_report().await.seq, 2);
+    assert_eq!(resumed.next_report().await.seq, live.seq);
 
     let bad = api
         .client

@@ -1,7 +1,10 @@
 //! Integration tests of the cube worker: actor tests on the simulated runtime (restart
-//! policies among them), the HTTP API, and a few real-Docker tests (named `docker_*`).
+//! policies and health checks among them), the HTTP API, and a few real-Docker tests (named
+//! `docker_*`).
 
+mod adoption;
 mod docker;
+mod health;
 mod http;
 mod restart;
 mod simulated;

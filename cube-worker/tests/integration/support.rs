@@ -185,4 +185,8 @@ impl Store for SharedStore {
     fn commit(&mut self, batch: Batch) -> Result<Vec<u64>, StoreError> {
         self.0.lock().unwrap().commit(batch)
     }
+
+    fn is_in_memory(&self) -> bool {
+        true
+    }
 }
