@@ -111,6 +111,10 @@ pub struct WorkerArgs {
     /// Time between two heartbeats to the manager, such as 5s or 500ms.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub heartbeat_interval: DurationSpec,
+    /// Time between two checks of this node's containers against the worker's records, a
+    /// safety net for exits that Docker's wait call missed, such as 30s or 1h.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub reconcile_interval: DurationSpec,
     #[command(flatten)]
     pub capacity: CapacityArgs,
     #[command(flatten)]

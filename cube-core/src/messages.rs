@@ -1,7 +1,7 @@
 //! Typed messages between the manager and its workers, and the [`WorkerHandle`] that carries
 //! them.
 //!
-//! The manager never knows whether a worker runs in its process or on another machine: it
+//! The manager cannot tell whether a worker runs in its process or on another machine: it
 //! holds one [`WorkerHandle`] per worker, filled either from a local Worker actor or from a
 //! bridge actor that speaks HTTP to a remote worker. Commands are acknowledged once the
 //! worker has recorded them; what happens afterwards comes back as [`WorkerReport`]s.
@@ -21,7 +21,7 @@ use crate::spec::{Protocol, TaskSpec};
 use crate::task::{PortBinding, TaskState};
 use crate::worker_task::{PortMapping, WorkerTask};
 
-/// Why a command to a worker did not succeed.
+/// Failure of a command to a worker.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[non_exhaustive]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -34,7 +34,7 @@ pub enum CommandError {
         /// The transport error.
         reason: String,
     },
-    /// The worker did not answer in time.
+    /// The worker did not respond in time.
     #[error("worker {node} did not answer within {timeout_ms} ms")]
     TimedOut {
         /// The worker.
@@ -93,7 +93,7 @@ pub struct StartTask {
     pub task_id: TaskId,
     /// The attempt, chosen by the manager at placement.
     pub attempt: AttemptId,
-    /// What to run.
+    /// The container to run and its resources.
     pub spec: TaskSpec,
     /// Host ports to bind, one per spec port.
     pub ports: Vec<PortMapping>,
@@ -114,7 +114,7 @@ pub struct StopTask {
     pub reason: String,
 }
 
-/// Lists the tasks a worker knows.
+/// Lists the tasks a worker has records of.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, Message)]
 #[rtype(result = "Result<Vec<WorkerTask>, CommandError>")]
 pub struct ListTasks;
@@ -130,7 +130,7 @@ pub struct DescribeNode;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SubscribeReports {
-    /// Where reports go.
+    /// Recipient of the reports.
     pub recipient: WeakRecipient<WorkerReport>,
     /// Reports with a sequence number up to this one were already seen.
     pub after: u64,
@@ -177,7 +177,7 @@ pub struct TaskStatusReport {
     pub host_ports: Vec<PortBinding>,
     /// Exit code, if the container exited.
     pub exit_code: Option<i64>,
-    /// Why the state changed, such as "container exited with code 1".
+    /// Reason for the change, such as "container exited with code 1".
     pub reason: String,
     /// Restarts the worker made under the task's restart policy for this placement.
     #[serde(default)]

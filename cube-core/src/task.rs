@@ -10,7 +10,7 @@ use crate::health::TaskHealth;
 use crate::ids::{AttemptId, ContainerId, NodeId, TaskId};
 use crate::spec::{Protocol, TaskSpec};
 
-/// What the user wants to happen to a task.
+/// The state a user requests for a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum DesiredState {
@@ -20,7 +20,7 @@ pub enum DesiredState {
     Stopped,
 }
 
-/// What cube last observed about a task.
+/// The state cube last observed for a task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TaskState {
@@ -34,7 +34,7 @@ pub enum TaskState {
     Completed,
     /// Ended abnormally: non-zero exit, failed start. Terminal.
     Failed,
-    /// Its node stopped reporting; cube no longer knows whether it runs.
+    /// Its node stopped reporting, so whether it still runs is unknown.
     Lost,
 }
 
@@ -134,11 +134,11 @@ pub const STOPPED_BY_USER: &str = "stopped by user";
 pub struct Task {
     /// Identifier, client-supplied or generated.
     pub id: TaskId,
-    /// What to run.
+    /// The container to run and its resources.
     pub spec: TaskSpec,
-    /// What the user wants.
+    /// The state the user requests.
     pub desired_state: DesiredState,
-    /// What cube last observed.
+    /// The state cube last observed.
     pub state: TaskState,
     /// Node the current attempt is placed on.
     pub node: Option<NodeId>,

@@ -11,15 +11,15 @@ use crate::resources::Resources;
 use crate::spec::TaskSpec;
 use crate::task::{DesiredState, PortBinding, Task, TaskState};
 
-/// Body of every 4xx and 5xx answer.
+/// Body of every 4xx and 5xx response.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
-    /// What failed, in one sentence.
+    /// Description of the failure, in one sentence.
     pub error: String,
     /// The request field at fault, such as `memory` or `ports[0].host_port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
-    /// The worker command error behind the answer, so a bridge can rebuild it exactly.
+    /// The worker command error behind the response, so a bridge can rebuild it exactly.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_error: Option<CommandError>,
 }
@@ -50,7 +50,7 @@ pub struct SubmitTask {
     /// Client-supplied id; a repeat with an identical spec returns the stored task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<TaskId>,
-    /// What to run.
+    /// The container to run and its resources.
     #[serde(flatten)]
     pub spec: TaskSpec,
 }
@@ -66,7 +66,7 @@ pub struct TaskView {
     pub image: String,
     /// Observed state.
     pub state: TaskState,
-    /// What the user wants.
+    /// The state the user requests.
     pub desired_state: DesiredState,
     /// Node of the current attempt.
     pub node: Option<NodeId>,
@@ -91,7 +91,7 @@ pub struct TaskView {
     pub last_error: Option<String>,
     /// Exit code of the last container that exited.
     pub exit_code: Option<i64>,
-    /// Why the task is still pending.
+    /// Reason the task is still pending.
     pub pending_reason: Option<String>,
     /// Health of the current attempt, once its worker reported any.
     #[serde(default)]

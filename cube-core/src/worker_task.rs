@@ -41,7 +41,7 @@ pub struct WorkerTask {
     pub task_id: TaskId,
     /// The attempt this worker runs.
     pub attempt: AttemptId,
-    /// What to run.
+    /// The container to run and its resources.
     pub spec: TaskSpec,
     /// Host ports to bind.
     pub ports: Vec<PortMapping>,

@@ -68,6 +68,8 @@ pub use worker::Worker;
 
 /// Default time between two heartbeat reports.
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default time between two reconciles of the records with the engine's containers.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time between two host metric samples.
 pub const DEFAULT_METRICS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -88,6 +90,9 @@ pub struct WorkerConfig {
     /// A path on the disk whose size and free space are reported, such as `/` or the
     /// Docker data root.
     pub disk_path: PathBuf,
+    /// Time between two reconciles of the records with the engine's containers, a safety net
+    /// for exits the engine's wait call missed; `None` disables it.
+    pub reconcile_interval: Option<Duration>,
     /// Reports the outbox keeps for replay; see [`outbox::DEFAULT_OUTBOX_CAPACITY`].
     pub outbox_capacity: usize,
     /// Clock that stamps records and reports.
@@ -96,7 +101,7 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// Creates the default settings for `node_id`: nothing declared, ports on 127.0.0.1,
-    /// heartbeats and samples every 5 s, the disk holding `/`.
+    /// heartbeats and samples every 5 s, a reconcile every 30 s, the disk holding `/`.
     pub fn new(node_id: NodeId) -> Self {
         Self {
             node_id,
@@ -105,6 +110,7 @@ impl WorkerConfig {
             heartbeat_interval: DEFAULT_HEARTBEAT_INTERVAL,
             metrics_interval: Some(DEFAULT_METRICS_INTERVAL),
             disk_path: PathBuf::from("/"),
+            reconcile_interval: Some(DEFAULT_RECONCILE_INTERVAL),
             outbox_capacity: outbox::DEFAULT_OUTBOX_CAPACITY,
             clock: system_clock(),
         }

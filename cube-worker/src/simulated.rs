@@ -120,6 +120,8 @@ struct EngineState {
     image_host_ports: HashMap<String, HashMap<u16, u16>>,
     containers: HashMap<ContainerId, SimulatedContainer>,
     next_container: u64,
+    /// Watch senders of containers removed without waking their waiters.
+    silenced: Vec<watch::Sender<()>>,
     next_dynamic_port: u16,
     started_total: u64,
 }
@@ -245,6 +247,20 @@ impl SimulatedRuntime {
             }
             _ => false,
         }
+    }
+
+    /// Removes a container without waking its waiters, as an engine that loses a container
+    /// without sending any event would: a wait on it stays pending until its exit deadline
+    /// passes, if it has one.
+    ///
+    /// Returns whether the container existed.
+    pub fn vanish_container(&self, id: &ContainerId) -> bool {
+        let mut state = self.lock();
+        let Some(container) = state.containers.remove(id) else {
+            return false;
+        };
+        state.silenced.push(container.changed);
+        true
     }
 
     fn lock(&self) -> MutexGuard<'_, EngineState> {
@@ -538,6 +554,25 @@ mod tests {
         assert_eq!(runtime.container_count(), 0);
         let vanished = runtime.wait_container(&started.id).await.unwrap();
         assert_eq!(vanished, ContainerExit::Vanished);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silent_vanish_leaves_wait_pending() {
+        let runtime = SimulatedRuntime::new(SimulatedBehaviour::run_until_stopped());
+        let started = runtime.start_container(config("a", "img")).await.unwrap();
+        // The wait must be under way before the vanish, as a supervisor's would be.
+        let wait = tokio::spawn(runtime.wait_container(&started.id));
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        assert!(runtime.vanish_container(&started.id));
+        assert!(!runtime.vanish_container(&started.id));
+        assert_eq!(runtime.container_count(), 0);
+        let pending = tokio::time::timeout(Duration::from_secs(3600), wait).await;
+        assert!(pending.is_err(), "wait returned: {pending:?}");
+        let inspect = runtime.inspect_container(&started.id).await;
+        assert!(matches!(
+            inspect,
+            Err(RuntimeError::ContainerNotFound { .. })
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -18,6 +18,12 @@
 //! unhealthy, the supervisor stops the container as for a stop request and ends the attempt
 //! `failed` with the reason "health check failed N times: <last error>", so the Worker's
 //! restart policy applies.
+//!
+//! The exit normally arrives through the engine's wait call, which also returns when the
+//! container is removed behind cube's back. The Worker's periodic reconcile sends
+//! [`CheckContainer`] as a safety net: the supervisor inspects its container and, when it is
+//! gone or exited, ends the attempt as if the wait had returned. Both paths end the attempt
+//! only while the supervisor is still in its running phase, so an exit is reported once.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -32,14 +38,18 @@ use cube_core::{
 
 use crate::health::{HealthChanged, HealthChecker, HealthTarget, StopChecks};
 use crate::runtime::{
-    ContainerConfig, ContainerExit, RuntimeError, SharedRuntime, StartedContainer, container_name,
-    error_chain,
+    ContainerConfig, ContainerExit, ContainerStatus, RuntimeError, SharedRuntime, StartedContainer,
+    container_name, error_chain,
 };
 
 /// First delay before waiting again on a container after the engine failed the wait.
 const WAIT_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Upper bound of that delay.
 const WAIT_RETRY_MAX: Duration = Duration::from_secs(30);
+
+/// Reason of an attempt whose container no longer exists, such as one removed with
+/// `docker rm -f` or one that vanished while the worker was not running.
+pub const CONTAINER_MISSING: &str = "container missing";
 
 /// Something that happened to an attempt, sent by its supervisor to the Worker.
 #[derive(Debug, Clone, PartialEq, Message)]
@@ -85,6 +95,12 @@ pub struct StopAttempt {
     /// Why, reported as the attempt's reason, such as "stopped by user".
     pub reason: String,
 }
+
+/// Makes the supervisor inspect its running container and end the attempt if the container
+/// is gone or exited, for an exit the wait call may have missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct CheckContainer;
 
 /// One attempt of a task, as the Worker hands it to a supervisor.
 #[derive(Debug, Clone)]
@@ -279,11 +295,7 @@ impl TaskSupervisor {
                 Some(code),
                 format!("container exited with code {code}"),
             ),
-            Ok(ContainerExit::Vanished) => (
-                TaskState::Failed,
-                None,
-                format!("container {} vanished while running", id.short()),
-            ),
+            Ok(ContainerExit::Vanished) => (TaskState::Failed, None, CONTAINER_MISSING.to_owned()),
             Err(error) => {
                 log::warn!(
                     "task {}: {}; waiting again in {:?}",
@@ -512,6 +524,51 @@ impl Handler<StopAttempt> for TaskSupervisor {
             // The container already exited; its end is reported once it is removed.
             Phase::Stopping(_) | Phase::Removing(_) | Phase::Ended => {}
         }
+    }
+}
+
+impl Handler<CheckContainer> for TaskSupervisor {
+    type Result = ();
+
+    fn handle(&mut self, _: CheckContainer, ctx: &mut Context<Self>) {
+        let Phase::Running(id) = self.phase.clone() else {
+            return;
+        };
+        let inspect = self.runtime.inspect_container(&id);
+        ctx.spawn(inspect.into_actor(self).map(move |result, act, ctx| {
+            let exit = match result {
+                Err(RuntimeError::ContainerNotFound { .. }) => ContainerExit::Vanished,
+                Ok(info) => match (info.status, info.exit_code) {
+                    (ContainerStatus::Exited | ContainerStatus::Dead, Some(code)) => {
+                        ContainerExit::Exited { code }
+                    }
+                    _ => return,
+                },
+                Err(error) => {
+                    log::debug!(
+                        "task {} check of container {} failed: {}",
+                        act.plan.task_id,
+                        id.short(),
+                        error_chain(&error)
+                    );
+                    return;
+                }
+            };
+            if act.phase == Phase::Running(id.clone()) {
+                log::warn!(
+                    "task {} attempt {}: reconcile found container {} {}; the wait missed it",
+                    act.plan.task_id,
+                    act.plan.attempt,
+                    id.short(),
+                    match exit {
+                        ContainerExit::Vanished => "gone",
+                        ContainerExit::Exited { .. } => "exited",
+                    }
+                );
+            }
+            // A wait that returned meanwhile has left the running phase, so this is a no-op.
+            act.on_wait_result(id, Ok(exit), ctx);
+        }));
     }
 }
 

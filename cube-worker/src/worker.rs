@@ -18,6 +18,10 @@
 //! (new attempt id, new container) whose reports name the attempt it `replaces`. A stop
 //! during the back-off cancels the timer and ends the task; a stop the user asked for never
 //! leads to a restart. Every change to a record is written to the store first.
+//!
+//! Exits reach the worker from each supervisor's wait on its container, which also returns
+//! when the container is removed behind cube's back. A periodic reconcile (see the
+//! `adoption` module) lists the node's containers as a safety net for an exit the wait missed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -112,6 +116,10 @@ pub struct Worker {
     outbox: Outbox,
     metrics: Option<HostMetrics>,
     collector: Option<Addr<MetricsCollector>>,
+    /// Whether start-up adoption has matched the records with the listed containers.
+    adopted: bool,
+    /// Whether a reconcile waits for its container listing.
+    reconciling: bool,
 }
 
 impl std::fmt::Debug for Worker {
@@ -154,6 +162,8 @@ impl Worker {
             outbox,
             metrics: None,
             collector: None,
+            adopted: false,
+            reconciling: false,
         }
     }
 
@@ -462,10 +472,19 @@ impl Worker {
             self.schedule_restart(task_id, container_id, exit_code, reason, ctx);
             return;
         }
+        // A container that exited or vanished just before a requested stop reached it still
+        // ends as stopped; a stop that failed keeps its failure.
+        let exited_before_stop = record.stop_requested
+            && state == TaskState::Failed
+            && (exit_code.is_some() || reason == crate::supervisor::CONTAINER_MISSING);
         let (state, reason) = if wants_restart {
             let reason = format!("{reason}; restart limit of {} reached", policy.max_attempts);
             log::info!("task restart limit reached task_id={task_id} reason={reason}");
             (TaskState::Failed, reason)
+        } else if exited_before_stop {
+            let stop_reason = record.reason.clone().unwrap_or_default();
+            log::debug!("task {task_id} ended before its stop took effect: {reason}");
+            (TaskState::Completed, stop_reason)
         } else {
             (state, reason)
         };
@@ -760,6 +779,9 @@ impl Actor for Worker {
         }
 
         ctx.run_interval(self.config.heartbeat_interval, Self::heartbeat);
+        if let Some(interval) = self.config.reconcile_interval {
+            ctx.run_interval(interval, Self::reconcile);
+        }
         log::info!(
             "worker {} started with {} recorded tasks",
             self.config.node_id,

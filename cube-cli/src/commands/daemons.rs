@@ -89,6 +89,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
     config.capacity = declared_capacity(&args.capacity)?;
     config.publish_address = args.publish_address;
     config.heartbeat_interval = args.heartbeat_interval.get();
+    config.reconcile_interval = Some(args.reconcile_interval.get());
     let store = StoreChoice::resolve(
         &args.store,
         &format!("worker-{node}"),

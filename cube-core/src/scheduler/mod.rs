@@ -35,7 +35,7 @@ use crate::node::{HostMetrics, NodeStatus};
 use crate::resources::Resources;
 use crate::spec::{Protocol, TaskSpec};
 
-/// What a task needs from a node.
+/// Resources and ports a task needs from a node.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlacementRequest {
     /// The task being placed.
@@ -114,7 +114,7 @@ impl NodeSnapshot {
     }
 }
 
-/// Why one node cannot take a request.
+/// Reason one node cannot take a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Shortfall {
     /// The node is down, unreachable or draining.
@@ -173,7 +173,7 @@ pub struct Placement {
     pub score: f64,
 }
 
-/// Why no node could take a request, counted per shortfall.
+/// Reasons no node could take a request, counted per shortfall.
 ///
 /// Each evaluated node is counted once, under the first shortfall found for it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

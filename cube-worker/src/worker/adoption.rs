@@ -1,5 +1,5 @@
-//! Adoption at start-up: a restarted worker finds its containers again and resumes its
-//! records.
+//! Adoption at start-up and the periodic reconcile: the worker matches its records with the
+//! containers that carry its node's label.
 //!
 //! [`Worker::adopt`] runs when the actor starts. It takes the records read from the store
 //! into the task table at once, so commands see them, then lists the engine's containers that
@@ -18,6 +18,12 @@
 //! When the engine cannot list containers, each record with a container id is adopted by
 //! that id, and a container that is gone is then reported by its supervisor. The worker starts
 //! in every case: nothing found at start-up makes it refuse to run.
+//!
+//! [`Worker::reconcile`] repeats the listing every [`crate::WorkerConfig::reconcile_interval`]
+//! as a safety net behind the engine's wait call. A running attempt whose container is
+//! missing from the listing or exited gets a [`CheckContainer`], so its supervisor ends it
+//! with [`CONTAINER_MISSING`] or the exit code and the restart policy applies. Containers
+//! that no record claims are removed as at start-up.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -28,11 +34,8 @@ use cube_core::{
 };
 
 use super::{TaskEntry, Worker};
-use crate::runtime::{ContainerInfo, error_chain};
-use crate::supervisor::{AttemptEvent, Launch, StopAttempt};
-
-/// Reason of an attempt whose container disappeared while the worker was not running.
-pub const CONTAINER_MISSING: &str = "container missing";
+use crate::runtime::{ContainerInfo, ContainerStatus, error_chain};
+use crate::supervisor::{AttemptEvent, CONTAINER_MISSING, CheckContainer, Launch, StopAttempt};
 
 /// Returns the first report sequence number of this worker process: the microseconds since the Unix
 /// epoch, so that it exceeds every number an earlier process of the same worker issued.
@@ -44,6 +47,15 @@ pub(super) fn first_report_seq() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_micros());
     u64::try_from(micros).unwrap_or(u64::MAX).max(1)
+}
+
+/// The occasion of a reconcile pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pass {
+    /// Once, when the actor starts: records without a supervisor are resumed.
+    StartUp,
+    /// On every reconcile interval: only supervised attempts are checked.
+    Periodic,
 }
 
 /// The step that resumes one active record once the containers are known.
@@ -70,13 +82,47 @@ impl Worker {
         for record in records {
             self.tasks.insert(record.task_id, TaskEntry::new(record));
         }
+        log::debug!(
+            "worker {} lists its containers to resume {active} active records",
+            self.config.node_id
+        );
+        self.list_and_reconcile(Pass::StartUp, ctx);
+    }
+
+    /// Runs one periodic reconcile, unless start-up adoption or the previous pass is still
+    /// waiting for its listing.
+    ///
+    /// # Guarantees
+    ///
+    /// A running attempt whose container is gone or exited ends exactly as if the engine's
+    /// wait had returned: its supervisor confirms with an inspect, reports the end once and
+    /// the restart policy applies. An end that the wait already reported is not reported
+    /// again.
+    ///
+    /// # Caveats
+    ///
+    /// It finds a missed exit only on the next pass, so one period late at most.
+    pub(super) fn reconcile(&mut self, ctx: &mut Context<Self>) {
+        if !self.adopted || self.reconciling {
+            log::debug!(
+                "worker {} skips a reconcile: an earlier listing is still pending",
+                self.config.node_id
+            );
+            return;
+        }
+        self.list_and_reconcile(Pass::Periodic, ctx);
+    }
+
+    /// Lists the containers with this node's label, then reconciles the records with them.
+    fn list_and_reconcile(&mut self, pass: Pass, ctx: &mut Context<Self>) {
+        self.reconciling = true;
         let node = self.config.node_id.to_string();
         let listing = self.runtime.list_containers(LABEL_NODE, Some(&node));
-        log::debug!("worker {node} lists its containers to resume {active} active records");
-        ctx.spawn(listing.into_actor(self).map(|result, act, ctx| {
+        ctx.spawn(listing.into_actor(self).map(move |result, act, ctx| {
+            act.reconciling = false;
             let containers = match result {
                 Ok(containers) => Some(containers),
-                Err(error) => {
+                Err(error) if pass == Pass::StartUp => {
                     log::warn!(
                         "worker {} could not list its containers, adopting recorded ones by id: {}",
                         act.config.node_id,
@@ -84,16 +130,56 @@ impl Worker {
                     );
                     None
                 }
+                Err(error) => {
+                    log::warn!(
+                        "worker {} could not list its containers for a reconcile: {}",
+                        act.config.node_id,
+                        error_chain(&error)
+                    );
+                    return;
+                }
             };
-            act.resume_records(containers, ctx);
+            if pass == Pass::StartUp {
+                act.adopted = true;
+            }
+            act.reconcile_containers(containers, pass, ctx);
         }));
     }
 
-    /// Resumes every active record that no command has taken over since start-up, then
-    /// removes the containers that no record claims.
-    fn resume_records(&mut self, containers: Option<Vec<ContainerInfo>>, ctx: &mut Context<Self>) {
+    /// Matches the records with the listed `containers` (`None` when listing failed): at
+    /// start-up resumes every active record that no command has taken over since, then has
+    /// the supervisors check containers that are gone or exited, and removes the containers
+    /// that no record claims.
+    fn reconcile_containers(
+        &mut self,
+        containers: Option<Vec<ContainerInfo>>,
+        pass: Pass,
+        ctx: &mut Context<Self>,
+    ) {
+        let mut claimed = HashSet::new();
+        if pass == Pass::StartUp {
+            claimed = self.resume_records(containers.as_deref(), ctx);
+        }
+        let Some(containers) = containers else {
+            return;
+        };
+        self.check_supervised(&containers);
+        for info in containers {
+            if !claimed.contains(&info.id) && !self.is_current_container(&info) {
+                self.remove_unclaimed(info);
+            }
+        }
+    }
+
+    /// Resumes every active record without a supervisor, timer or earlier attempt; returns the
+    /// containers adopted.
+    fn resume_records(
+        &mut self,
+        containers: Option<&[ContainerInfo]>,
+        ctx: &mut Context<Self>,
+    ) -> HashSet<ContainerId> {
         let by_attempt: HashMap<(TaskId, AttemptId), ContainerId> = containers
-            .iter()
+            .into_iter()
             .flatten()
             .filter_map(|info| Some((labelled_attempt(info)?, info.id.clone())))
             .collect();
@@ -120,10 +206,37 @@ impl Worker {
             }
             self.resume(task_id, resume, ctx);
         }
+        claimed
+    }
 
-        for info in containers.into_iter().flatten() {
-            if !claimed.contains(&info.id) && !self.is_current_container(&info) {
-                self.remove_unclaimed(info);
+    /// Sends [`CheckContainer`] to the supervisor of each running attempt whose container is
+    /// missing from `containers` or no longer runs.
+    fn check_supervised(&self, containers: &[ContainerInfo]) {
+        let statuses: HashMap<&ContainerId, ContainerStatus> = containers
+            .iter()
+            .map(|info| (&info.id, info.status))
+            .collect();
+        for (task_id, entry) in &self.tasks {
+            let (Some(supervisor), Some(container_id)) =
+                (&entry.supervisor, &entry.record.container_id)
+            else {
+                continue;
+            };
+            if entry.record.state != TaskState::Running {
+                continue;
+            }
+            let status = statuses.get(container_id).copied();
+            if matches!(
+                status,
+                None | Some(ContainerStatus::Exited | ContainerStatus::Dead)
+            ) {
+                log::debug!(
+                    "reconcile asks task {task_id} attempt {} to check container {} listed as \
+                     {status:?}",
+                    entry.record.attempt,
+                    container_id.short()
+                );
+                supervisor.do_send(CheckContainer);
             }
         }
     }

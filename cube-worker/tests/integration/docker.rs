@@ -20,7 +20,9 @@ use cube_core::{
     ByteSize, DurationSpec, HealthCheck, HealthStatus, LABEL_NODE, LABEL_TASK, PullPolicy,
     RESTART_JITTER, ReportBody, RestartMode, RestartPolicy, STOPPED_BY_USER, StopTask, TaskState,
 };
-use cube_worker::runtime::{ContainerConfig, ContainerExit, ContainerRuntime, RuntimeError};
+use cube_worker::runtime::{
+    ContainerConfig, ContainerExit, ContainerRuntime, ContainerStatus, RuntimeError,
+};
 use cube_worker::{DockerConfig, DockerRuntime, Worker};
 use uuid::Uuid;
 
@@ -524,4 +526,98 @@ async fn docker_httpd_health_checks_pass_and_missing_path_restarts() {
         assert!(left.is_empty(), "containers left: {left:?}");
     })
     .await;
+}
+
+#[actix::test]
+async fn docker_removed_container_restarts_and_stop_of_gone_one_completes() {
+    let (runtime, cleanup) = setup(Duration::from_secs(60)).await;
+    bounded(async {
+        let mut worker_config = config(&cleanup.node);
+        // An hour-long period proves that the engine's wait, not the reconcile, saw the removal.
+        worker_config.reconcile_interval = Some(Duration::from_secs(3600));
+        let worker = start_worker(worker_config, Arc::new(runtime.clone()));
+        let mut probe = ReportProbe::subscribe(&worker, 0);
+        let mut spec = spec(IMAGE);
+        spec.command = ["sleep", "300"].map(String::from).to_vec();
+        spec.restart_policy = RestartPolicy {
+            mode: RestartMode::OnFailure,
+            max_attempts: 3,
+            backoff: DurationSpec::from_millis(200),
+            max_backoff: DurationSpec::from_secs(1),
+        };
+        let start = start_msg(spec);
+        let task_id = start.task_id;
+        worker.send(start).await.unwrap().unwrap();
+        let first = probe.wait_status(task_id, TaskState::Running).await;
+        let first_container = first.container_id.clone().expect("a running task has one");
+
+        let removed_at = Instant::now();
+        docker_rm_force(&first_container.0);
+        let left = loop {
+            if let ReportBody::TaskStatus(status) = probe.next().await.body
+                && status.task_id == task_id
+                && status.state != TaskState::Running
+            {
+                break status;
+            }
+        };
+        let noticed = removed_at.elapsed();
+        assert!(
+            noticed < Duration::from_secs(10),
+            "the removal was noticed after {noticed:?}"
+        );
+        assert_eq!(left.attempt, first.attempt);
+        assert_eq!(left.state, TaskState::Scheduled, "on-failure restarts it");
+        assert!(
+            left.reason.contains("code 137") || left.reason.contains("container missing"),
+            "unexpected reason: {}",
+            left.reason
+        );
+
+        let second = probe.wait_status(task_id, TaskState::Running).await;
+        assert_ne!(second.attempt, first.attempt);
+        assert_eq!(second.replaces, Some(first.attempt));
+        assert_eq!(second.restart_count, 1);
+        let second_container = second.container_id.clone().expect("a running task has one");
+        assert_ne!(second_container, first_container);
+        let inspected = runtime.inspect_container(&second_container).await.unwrap();
+        assert_eq!(inspected.status, ContainerStatus::Running);
+
+        // The stop meets a container that is already gone, whichever path sees it first.
+        docker_rm_force(&second_container.0);
+        let stop = StopTask {
+            task_id,
+            attempt: None,
+            reason: STOPPED_BY_USER.to_owned(),
+        };
+        worker.send(stop).await.unwrap().unwrap();
+        let completed = probe.wait_status(task_id, TaskState::Completed).await;
+        assert_eq!(completed.reason, STOPPED_BY_USER);
+        let statuses = probe.statuses_of(task_id);
+        let running = statuses.iter().filter(|s| s.state == TaskState::Running);
+        assert_eq!(
+            running.count(),
+            2,
+            "no restart after the stop: {statuses:#?}"
+        );
+        let left = runtime
+            .list_containers(LABEL_TASK, Some(&task_id.to_string()))
+            .await
+            .unwrap();
+        assert!(left.is_empty(), "containers left behind: {left:?}");
+    })
+    .await;
+}
+
+/// Removes a container with `docker rm -f`, behind the worker's back.
+fn docker_rm_force(id: &str) {
+    let output = std::process::Command::new("docker")
+        .args(["rm", "-f", id])
+        .output()
+        .expect("docker CLI runs");
+    assert!(
+        output.status.success(),
+        "docker rm -f {id} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }

@@ -6,6 +6,7 @@ mod adoption;
 mod docker;
 mod health;
 mod http;
+mod reconcile;
 mod restart;
 mod simulated;
 mod support;
