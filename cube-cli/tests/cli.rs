@@ -1,106 +1,18 @@
 //! Drives the `cube` binary as separate manager and worker processes on loopback, against
 //! the local Docker Engine.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod common;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const CUBE: &str = env!("CARGO_BIN_EXE_cube");
-/// Log lines that carry the address a daemon bound.
-const MANAGER_MARKER: &str = "manager listening on ";
-const WORKER_MARKER: &str = "worker API listening on ";
-
-/// A child process killed by PID and reaped when dropped.
-struct ChildGuard {
-    name: String,
-    child: Child,
-    /// The daemon's `XDG_DATA_HOME`, so that its default data directory is its own and is
-    /// removed with it.
-    _data_home: tempfile::TempDir,
-}
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl ChildGuard {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-}
-
-/// Starts `cube ARGS` and waits until it logs `marker` followed by the bound address, which
-/// it returns.
-fn start_daemon(role: &str, marker: &str, args: &[&str]) -> (ChildGuard, String) {
-    let data_home = tempfile::tempdir().expect("failed to create a data home");
-    let mut child = Command::new(CUBE)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .env("XDG_DATA_HOME", data_home.path())
-        .env_remove("CUBE_MANAGER")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|error| panic!("failed to start cube {args:?}: {error}"));
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (sender, receiver) = mpsc::channel();
-    let (label, pattern) = (role.to_owned(), marker.to_owned());
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            eprintln!("[{label}] {line}");
-            if !sent && let Some(at) = line.find(&pattern) {
-                let address = line[at + pattern.len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or("");
-                let _ = sender.send(address.to_owned());
-                sent = true;
-            }
-        }
-    });
-    let guard = ChildGuard {
-        name: role.to_owned(),
-        child,
-        _data_home: data_home,
-    };
-    let address = receiver
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap_or_else(|_| panic!("{} did not log '{marker}ADDR' within 30 s", guard.name));
-    (guard, address)
-}
-
-fn cube(manager: &str, args: &[&str]) -> Output {
-    Command::new(CUBE)
-        .args(args)
-        .env("CUBE_MANAGER", manager)
-        .stdin(Stdio::null())
-        .output()
-        .expect("failed to run cube")
-}
-
-fn cube_ok(manager: &str, args: &[&str]) -> String {
-    let output = cube(manager, args);
-    assert!(
-        output.status.success(),
-        "cube {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("cube prints UTF-8")
-}
+use common::*;
 
 fn task_json(manager: &str, id: &str) -> Value {
-    serde_json::from_str(&cube_ok(manager, &["status", id, "-o", "json"]))
-        .expect("status -o json prints JSON")
+    cube_json(manager, &["status", id, "-o", "json"])
 }
 
 fn wait_for_state(manager: &str, id: &str, states: &[&str], timeout: Duration) -> Value {
@@ -117,55 +29,6 @@ fn wait_for_state(manager: &str, id: &str, states: &[&str], timeout: Duration) -
         std::thread::sleep(Duration::from_millis(100));
     }
 }
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("crate has a parent")
-        .to_owned()
-}
-
-fn ensure_test_image() {
-    let status = Command::new(repo_root().join("scripts/build-test-image"))
-        .status()
-        .expect("failed to run scripts/build-test-image");
-    assert!(
-        status.success(),
-        "scripts/build-test-image failed; start the Docker Engine and run it by hand to see why"
-    );
-}
-
-/// Containers carrying the label `key=value`, from `docker ps -a`.
-fn containers_with_label(key: &str, value: &str) -> Vec<String> {
-    let output = Command::new("docker")
-        .args(["ps", "-aq", "--filter", &format!("label={key}={value}")])
-        .output()
-        .expect("failed to run docker ps");
-    String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
-/// Removes this run's containers when dropped, whatever the test's outcome.
-struct ContainerCleanup {
-    run_id: String,
-}
-
-impl Drop for ContainerCleanup {
-    fn drop(&mut self) {
-        let ids = containers_with_label(RUN_LABEL, &self.run_id);
-        if !ids.is_empty() {
-            let _ = Command::new("docker")
-                .arg("rm")
-                .arg("-f")
-                .args(&ids)
-                .output();
-        }
-    }
-}
-
-const RUN_LABEL: &str = "cube-test-run";
 
 /// Fetches `/` from `host:port`, retrying for a few seconds: "running" means the container
 /// started, and the server inside may need a moment before it listens.
@@ -196,18 +59,10 @@ fn try_http_get(host: &str, port: u16) -> std::io::Result<String> {
     Ok(response)
 }
 
-fn unique_suffix() -> String {
-    format!(
-        "{}-{}",
-        std::process::id(),
-        Instant::now().elapsed().as_nanos() % 1_000_000
-    )
-}
-
 #[test]
 fn docker_multi_process_web_task() {
     ensure_test_image();
-    let run_id = format!("cli-{}", unique_suffix());
+    let run_id = unique_run_id("cli");
     let _cleanup = ContainerCleanup {
         run_id: run_id.clone(),
     };
@@ -350,7 +205,7 @@ fn docker_multi_process_web_task() {
     let stopped = wait_for_state(&manager, &id, &["completed"], Duration::from_secs(30));
     assert_eq!(stopped["desired_state"], "stopped");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !containers_with_label("cube.task", &id).is_empty() {
+    while !container_ids(&[format!("label=cube.task={id}")]).is_empty() {
         assert!(
             Instant::now() < deadline,
             "container of task {id} was not removed"

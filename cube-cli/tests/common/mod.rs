@@ -1,13 +1,19 @@
-//! Helpers for tests that drive the `cube` binary as separate processes: child guards that
-//! kill by PID, daemons started with their bound address read from the log, a small HTTP
-//! client for the manager's API, and Docker queries by label.
+//! Helpers for tests that drive the `cube` binary as separate processes. They provide child
+//! guards that kill by PID, daemons started with their bound address read from the log, the
+//! CLI's client commands, a small HTTP client for the manager's API, and Docker queries by
+//! label.
+//!
+//! Every daemon started here gets a temporary `XDG_DATA_HOME` of its own, so that its default
+//! data directory is never under the real home and no two daemons share one. A test that
+//! restarts a daemon over its old state passes `--data-dir`.
 
 #![allow(dead_code)] // Each test binary uses a different part of these helpers.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -20,10 +26,14 @@ pub const WORKER_MARKER: &str = "worker API listening on ";
 /// Label on every container of a test run; keys starting with `cube.` are cube's own.
 pub const RUN_LABEL: &str = "cube-test-run";
 
+// === daemons ===
+
 /// A child process killed by PID and reaped when dropped.
 pub struct ChildGuard {
     pub name: String,
     child: Child,
+    /// The daemon's `XDG_DATA_HOME`, removed after the daemon is reaped.
+    _data_home: tempfile::TempDir,
 }
 
 impl Drop for ChildGuard {
@@ -46,16 +56,26 @@ impl ChildGuard {
     }
 }
 
-/// Starts `cube ARGS` and waits until it logs `marker` followed by the bound address, which
-/// it returns.
-pub fn start_daemon(role: &str, marker: &str, args: &[&str]) -> (ChildGuard, String) {
-    let mut child = Command::new(CUBE)
+/// Builds the command that runs `cube ARGS` as a daemon with `data_home` as its
+/// `XDG_DATA_HOME`, its stderr piped and no `CUBE_MANAGER` inherited from the environment.
+fn daemon_command(args: &[&str], data_home: &Path) -> Command {
+    let mut command = Command::new(CUBE);
+    command
         .args(args)
         .env("RUST_LOG", "info")
+        .env("XDG_DATA_HOME", data_home)
         .env_remove("CUBE_MANAGER")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// Starts `cube ARGS` and waits until it logs `marker` followed by the bound address, which
+/// it returns.
+pub fn start_daemon(role: &str, marker: &str, args: &[&str]) -> (ChildGuard, String) {
+    let data_home = tempfile::tempdir().expect("failed to create a data home");
+    let mut child = daemon_command(args, data_home.path())
         .spawn()
         .unwrap_or_else(|error| panic!("failed to start cube {args:?}: {error}"));
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -78,6 +98,7 @@ pub fn start_daemon(role: &str, marker: &str, args: &[&str]) -> (ChildGuard, Str
     let guard = ChildGuard {
         name: role.to_owned(),
         child,
+        _data_home: data_home,
     };
     let address = receiver
         .recv_timeout(Duration::from_secs(30))
@@ -88,12 +109,8 @@ pub fn start_daemon(role: &str, marker: &str, args: &[&str]) -> (ChildGuard, Str
 /// Runs `cube ARGS` that is expected to exit by itself within `timeout`; returns its exit
 /// success and its stderr.
 pub fn run_until_exit(args: &[&str], timeout: Duration) -> (bool, String) {
-    let mut child = Command::new(CUBE)
-        .args(args)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+    let data_home = tempfile::tempdir().expect("failed to create a data home");
+    let mut child = daemon_command(args, data_home.path())
         .spawn()
         .unwrap_or_else(|error| panic!("failed to start cube {args:?}: {error}"));
     let stderr = child.stderr.take().expect("stderr is piped");
@@ -112,6 +129,37 @@ pub fn run_until_exit(args: &[&str], timeout: Duration) -> (bool, String) {
     };
     (status.success(), reader.join().unwrap_or_default())
 }
+
+// === the CLI's client commands ===
+
+/// Runs the client command `cube ARGS` against `manager`.
+pub fn cube(manager: &str, args: &[&str]) -> Output {
+    Command::new(CUBE)
+        .args(args)
+        .env("CUBE_MANAGER", manager)
+        .stdin(Stdio::null())
+        .output()
+        .expect("failed to run cube")
+}
+
+/// Runs `cube ARGS` against `manager`, fails the test unless it succeeds, and returns its
+/// stdout.
+pub fn cube_ok(manager: &str, args: &[&str]) -> String {
+    let output = cube(manager, args);
+    assert!(
+        output.status.success(),
+        "cube {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("cube prints UTF-8")
+}
+
+/// Runs `cube ARGS` against `manager` and parses its stdout as JSON.
+pub fn cube_json(manager: &str, args: &[&str]) -> Value {
+    serde_json::from_str(&cube_ok(manager, args)).expect("cube prints JSON")
+}
+
+// === setup ===
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -136,6 +184,31 @@ pub fn unique_run_id(prefix: &str) -> String {
         .unwrap()
         .subsec_nanos();
     format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+/// A loopback port that was free a moment ago, for a daemon that must come back on the same
+/// port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("failed to bind a loopback port")
+        .port()
+}
+
+/// Calls `check` every 100 ms until it returns `Some`, and returns that value. Fails the test
+/// with `cause` after `limit`.
+pub fn wait_until<T>(limit: Duration, cause: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {cause}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 // === Docker ===
@@ -209,6 +282,23 @@ pub fn docker(args: &[&str]) -> String {
     String::from_utf8_lossy(&output.stdout).trim().to_owned()
 }
 
+/// Lists the ids of the containers that match every `docker ps` filter in `filters`, running
+/// or not. The list is empty when `docker ps` fails.
+pub fn container_ids(filters: &[String]) -> Vec<String> {
+    let mut command = Command::new("docker");
+    command.args(["ps", "-aq"]);
+    for filter in filters {
+        command.args(["--filter", filter]);
+    }
+    let Ok(output) = command.output() else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
 /// Removes this run's containers when dropped, whatever the test's outcome.
 pub struct ContainerCleanup {
     pub run_id: String,
@@ -216,10 +306,9 @@ pub struct ContainerCleanup {
 
 impl Drop for ContainerCleanup {
     fn drop(&mut self) {
-        let ids: Vec<String> = run_containers(&self.run_id)
-            .into_iter()
-            .map(|container| container.id)
-            .collect();
+        // `container_ids` does not panic, because a panic while a failed test unwinds would
+        // abort the test binary.
+        let ids = container_ids(&[format!("label={RUN_LABEL}={}", self.run_id)]);
         if !ids.is_empty() {
             let _ = Command::new("docker")
                 .arg("rm")
