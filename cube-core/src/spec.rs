@@ -121,7 +121,7 @@ pub struct PortSpec {
 /// delay before restart `n` (from 1) is `backoff × 2^(n-1)`, capped at `max_backoff`, then
 /// moved at random by up to ±[`RESTART_JITTER`] of itself and capped again. A stop the user
 /// asked for never leads to a restart. Once `max_attempts` restarts are used up, the task
-/// ends `failed` whatever the last exit code was, because the policy could not keep it going.
+/// ends as its last attempt did: `completed` after exit code 0, `failed` otherwise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestartPolicy {

@@ -19,7 +19,7 @@ use cube_manager::cluster::ClusterBuilder;
 use cube_manager::http::HttpConfig;
 use cube_worker::simulated::SimulatedBehaviour;
 
-use crate::util::fake_worker::{Emit, FakeOptions, FakeWorker, status};
+use crate::util::fake_worker::{Emit, FakeOptions, FakeWorker, GetCommands, status};
 use crate::util::*;
 
 async fn emit(fake: &Addr<FakeWorker>, status: TaskStatusReport) {
@@ -278,5 +278,68 @@ async fn manager_follows_only_restarts_of_current_attempt() {
     assert_eq!(
         failed.last_error.as_deref(),
         Some("container exited with code 1; restart limit of 1 reached")
+    );
+}
+
+#[actix::test]
+async fn replayed_report_of_replaced_attempt_sends_no_stop() {
+    let manager = start_manager();
+    let worker = add_fake(&manager, "w1", FakeOptions::default()).await;
+    let task = submit(&manager, spec("a")).await;
+    let task = wait_for_task(&manager, task.id, "task was never placed", |task| {
+        task.state == TaskState::Scheduled
+    })
+    .await;
+    let first = task.attempt.unwrap();
+    emit(
+        &worker,
+        status(task.id, first, TaskState::Running, "container started"),
+    )
+    .await;
+    let second = AttemptId::generate();
+    emit(&worker, restarted(task.id, second, first, 1)).await;
+    wait_for_task(&manager, task.id, "the restart was not applied", |task| {
+        task.attempt == Some(second) && task.state == TaskState::Running
+    })
+    .await;
+
+    // A manager that restarts reads the worker's reports again from the start, so it sees
+    // the replaced attempt running; the worker's current container must be left alone.
+    emit(
+        &worker,
+        status(task.id, first, TaskState::Running, "container started"),
+    )
+    .await;
+    // A report applied after the replay proves the replay was handled first.
+    let mut waiting = status(
+        task.id,
+        second,
+        TaskState::Scheduled,
+        "restart 2 of 3 in 1.0s",
+    );
+    waiting.replaces = Some(first);
+    waiting.restart_count = 1;
+    emit(&worker, waiting).await;
+    wait_for_task(
+        &manager,
+        task.id,
+        "the later report was not applied",
+        |task| task.state == TaskState::Scheduled,
+    )
+    .await;
+
+    let commands = bounded(worker.send(GetCommands), "fake worker did not answer")
+        .await
+        .expect("fake worker alive");
+    assert!(
+        commands.stops.iter().all(|stop| stop.task_id != task.id),
+        "no stop may reach the task's own node: {:?}",
+        commands.stops
+    );
+    let current = wait_for_task(&manager, task.id, "task vanished", |_| true).await;
+    assert_eq!(current.attempt, Some(second));
+    assert_eq!(
+        current.desired_state,
+        cube_core::task::DesiredState::Running
     );
 }

@@ -323,6 +323,15 @@ impl ContainerRuntime for DockerRuntime {
             match docker.remove_container(&id.0, Some(options)).await {
                 Ok(()) => Ok(()),
                 Err(error) if status_code(&error) == Some(404) => Ok(()),
+                // Docker answers 409 while another removal of the same container runs, as
+                // after a `docker rm -f` from outside; that removal finishes the job.
+                Err(error)
+                    if status_code(&error) == Some(409)
+                        && error.to_string().contains("already in progress") =>
+                {
+                    log::debug!("container {} is already being removed", id.short());
+                    Ok(())
+                }
                 Err(error) => Err(container_error("remove", id.short(), error)),
             }
         })

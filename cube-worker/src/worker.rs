@@ -480,7 +480,8 @@ impl Worker {
         let (state, reason) = if wants_restart {
             let reason = format!("{reason}; restart limit of {} reached", policy.max_attempts);
             log::info!("task restart limit reached task_id={task_id} reason={reason}");
-            (TaskState::Failed, reason)
+            // The last attempt's own outcome stands: a clean exit is still `completed`.
+            (state, reason)
         } else if exited_before_stop {
             let stop_reason = record.reason.clone().unwrap_or_default();
             log::debug!("task {task_id} ended before its stop took effect: {reason}");

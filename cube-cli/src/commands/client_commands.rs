@@ -6,6 +6,7 @@ use std::io::Write as _;
 use anyhow::{Context, Result};
 use chrono::Utc;
 use cube_core::wire::{NodeView, TaskView};
+use cube_core::{DesiredState, STOPPED_BY_USER, TaskState};
 
 use crate::args::{NodeArgs, OutputFormat, RunArgs, StatusArgs, StopArgs};
 use crate::client::ManagerClient;
@@ -97,11 +98,7 @@ pub fn task_table(tasks: &[TaskView]) -> String {
             })
             .collect::<Vec<_>>()
             .join(",");
-        let reason = task
-            .pending_reason
-            .clone()
-            .or_else(|| task.last_error.clone())
-            .unwrap_or_default();
+        let reason = task_reason(task);
         rows.push(vec![
             task.id.to_string(),
             task.name.clone(),
@@ -114,7 +111,11 @@ pub fn task_table(tasks: &[TaskView]) -> String {
                 .as_ref()
                 .map(ToString::to_string)
                 .unwrap_or_else(|| "-".into()),
-            if ports.is_empty() { "-".into() } else { ports },
+            if ports.is_empty() || task.state.is_terminal() {
+                "-".into()
+            } else {
+                ports
+            },
             format_age((now - task.created_at).num_seconds()),
             task.restart_count.to_string(),
             reason,
@@ -162,6 +163,20 @@ pub fn node_table(nodes: &[NodeView]) -> String {
         ]);
     }
     render(&rows)
+}
+
+/// Picks the reason that explains the task's current state, so that an old error does not
+/// linger next to a task that runs or was stopped.
+fn task_reason(task: &TaskView) -> String {
+    match task.state {
+        TaskState::Pending => task.pending_reason.clone().unwrap_or_default(),
+        TaskState::Running => String::new(),
+        TaskState::Completed if task.desired_state == DesiredState::Stopped => {
+            STOPPED_BY_USER.to_owned()
+        }
+        TaskState::Completed if task.exit_code == Some(0) => "exited with code 0".to_owned(),
+        _ => task.last_error.clone().unwrap_or_default(),
+    }
 }
 
 fn format_age(seconds: i64) -> String {

@@ -38,6 +38,7 @@ pub async fn manager(args: ManagerArgs) -> Result<()> {
         config.heartbeat_ttl,
         config.heartbeat_grace,
     ));
+    check_port_free(args.host, args.port)?;
     let store = StoreChoice::resolve(&args.store, "manager", StoreKind::Persistent)?;
     let manager = Manager::new(config, store.open()?).context("failed to create the manager")?;
     let known_workers = stored_worker_addresses(&manager, &args.workers);
@@ -76,12 +77,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
         None => default_node_name()?,
     };
     let node = NodeId::new(name).context("invalid --name")?;
-    // Bind once before any actor starts, so a port in use fails start-up with one clear error.
-    let bind = SocketAddr::new(args.host, args.port);
-    if args.port != 0 {
-        std::net::TcpListener::bind(bind)
-            .with_context(|| format!("failed to listen on {bind}; choose another --port"))?;
-    }
+    check_port_free(args.host, args.port)?;
     let runtime = DockerRuntime::connect(&DockerConfig::default())
         .await
         .context("failed to connect to the Docker Engine; start dockerd or set DOCKER_HOST")?;
@@ -124,6 +120,7 @@ pub async fn worker(args: WorkerArgs) -> Result<()> {
 ///
 /// On a signal it stops every task it started before exiting, so no container outlives it.
 pub async fn dev(args: DevArgs) -> Result<()> {
+    check_port_free(args.host, args.port)?;
     let config = manager_config(&args.scheduler)?;
     let capacity = declared_capacity(&args.capacity)?;
     let data_dir = match StoreChoice::resolve(&args.store, "dev", StoreKind::Memory)? {
@@ -169,6 +166,18 @@ pub async fn dev(args: DevArgs) -> Result<()> {
     stop_all_tasks(&cluster.manager).await;
     cluster.shutdown().await;
     Ok(())
+}
+
+/// Binds `host:port` once before any actor starts, so that a port in use fails start-up with
+/// one clear error instead of an error raised while actors are torn down.
+fn check_port_free(host: IpAddr, port: u16) -> Result<()> {
+    if port == 0 {
+        return Ok(());
+    }
+    let bind = SocketAddr::new(host, port);
+    std::net::TcpListener::bind(bind)
+        .map(drop)
+        .with_context(|| format!("failed to listen on {bind}; choose another --port"))
 }
 
 fn manager_config(scheduler: &str) -> Result<ManagerConfig> {

@@ -199,6 +199,15 @@ impl Manager {
             return;
         };
         let on_node = task.node.as_ref() == Some(node);
+        if on_node && task.desired_state == DesiredState::Running && !task.state.is_terminal() {
+            // The worker owns the chain of local restarts on the task's node. Another attempt
+            // there is an older or newer link of that chain, such as a report replayed after a
+            // manager restart, and stopping it would stop the task's current container.
+            debug!(
+                "attempt on the task's own node left alone task_id={task_id} attempt={attempt} node_id={node}"
+            );
+            return;
+        }
         let current =
             task.attempt == Some(attempt) || (replaces.is_some() && replaces == task.attempt);
         let reason = if task.desired_state == DesiredState::Stopped {

@@ -177,7 +177,7 @@ async fn always_restarts_container_that_exits_zero() {
     worker.send(start).await.unwrap().unwrap();
     let statuses = until_terminal(&mut probe, task_id).await;
 
-    assert_eq!(states(&statuses), restart_states(2, TaskState::Failed));
+    assert_eq!(states(&statuses), restart_states(2, TaskState::Completed));
     let last = &statuses.last().unwrap().1;
     assert_eq!(
         last.reason,
