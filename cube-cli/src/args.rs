@@ -125,7 +125,7 @@ pub struct WorkerArgs {
 #[derive(Debug, Args, Clone, Copy, Default)]
 pub struct CapacityArgs {
     /// CPU cores offered to tasks (fractional allowed); defaults to the host's CPU count.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub cpus: Option<f64>,
     /// Memory offered to tasks, in bytes or with a unit such as 2GiB; defaults to the host's.
     #[arg(long, value_parser = parse_size)]
