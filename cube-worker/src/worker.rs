@@ -21,7 +21,7 @@
 //!
 //! Exits reach the worker from each supervisor's wait on its container, which also returns
 //! when the container is removed behind cube's back. A periodic reconcile (see the
-//! `adoption` module) lists the node's containers as a safety net for an exit the wait missed.
+//! `reconcile` module) lists the node's containers as a safety net for an exit the wait missed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -35,7 +35,7 @@ use cube_core::{
 };
 use tokio::sync::mpsc;
 
-mod adoption;
+mod reconcile;
 
 use crate::WorkerConfig;
 use crate::health::HealthChanged;
@@ -145,7 +145,7 @@ impl Worker {
             config.clock.clone(),
             config.outbox_capacity,
         )
-        .starting_at(adoption::first_report_seq());
+        .starting_at(reconcile::first_report_seq());
         let (loaded, writer) = match store.worker_tasks() {
             Ok(records) => match StoreWriter::spawn(config.node_id.as_str(), store) {
                 Ok(writer) => (Ok(records), Some(writer)),
