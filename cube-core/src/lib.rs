@@ -19,6 +19,7 @@
 //! This crate has no I/O besides the stores, so every rule here is unit-tested without
 //! actors or Docker.
 
+pub mod address;
 pub mod clock;
 pub mod duration;
 pub mod event;

@@ -682,30 +682,10 @@ pub fn normalize_address(address: &str) -> Result<String, ConnectError> {
 
 /// Turns `http://host:port[/prefix]` or `host:port` into a base URL ending in `/`.
 fn parse_base_url(address: &str) -> Result<Url, ConnectError> {
-    let invalid = |reason: String| ConnectError::InvalidAddress {
+    cube_core::address::http_base_url(address).map_err(|reason| ConnectError::InvalidAddress {
         address: address.to_owned(),
         reason,
-    };
-    let with_scheme = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    let mut url = Url::parse(&with_scheme).map_err(|error| invalid(error.to_string()))?;
-    if url.scheme() != "http" {
-        return Err(invalid(format!(
-            "scheme '{}' is not supported; use http",
-            url.scheme()
-        )));
-    }
-    if url.host_str().is_none() {
-        return Err(invalid("no host".to_owned()));
-    }
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
+    })
 }
 
 #[cfg(test)]

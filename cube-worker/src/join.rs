@@ -226,30 +226,10 @@ impl Joiner {
 
 /// Turns `host:port` or `http://host:port[/prefix]` into a base URL ending in `/`.
 fn parse_manager_url(address: &str) -> Result<Url, JoinError> {
-    let invalid = |reason: String| JoinError::InvalidManagerAddress {
+    cube_core::address::http_base_url(address).map_err(|reason| JoinError::InvalidManagerAddress {
         address: address.to_owned(),
         reason,
-    };
-    let with_scheme = if address.contains("://") {
-        address.to_owned()
-    } else {
-        format!("http://{address}")
-    };
-    let mut url = Url::parse(&with_scheme).map_err(|error| invalid(error.to_string()))?;
-    if url.scheme() != "http" {
-        return Err(invalid(format!(
-            "scheme '{}' is not supported; use http",
-            url.scheme()
-        )));
-    }
-    if url.host_str().is_none() {
-        return Err(invalid("no host".to_owned()));
-    }
-    if !url.path().ends_with('/') {
-        let path = format!("{}/", url.path());
-        url.set_path(&path);
-    }
-    Ok(url)
+    })
 }
 
 /// The status and the error text of a failed answer.
